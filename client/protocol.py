@@ -1,0 +1,37 @@
+"""The message contract between the ServerApp and the ClientApp: every key, named once.
+
+A train message carries ``ARRAYS`` (the model), ``CONFIG`` (per-round values such as
+``server-round``) and ``RUN_CONFIG`` (the run's whole resolved config, flat, so that
+clients parse exactly what the server parsed). A reply carries ``ARRAYS`` and
+``METRICS`` with the same metric keys from every client (Flower checks this).
+"""
+
+ARRAYS = "arrays"
+CONFIG = "config"
+RUN_CONFIG = "fedlocal-config"
+METRICS = "metrics"
+
+# per-round values in CONFIG
+SERVER_ROUND = "server-round"
+
+# node config (simulation: set by Flower; deployment: --node-config)
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+# reply metrics; NUM_EXAMPLES is what Flower's FedAvg weights by
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+NUM_STEPS = "num-steps"
+TRAIN_SECONDS = "train-seconds"
+CLIP_FRACTION = "clip-fraction"
+GRAD_NORM = "grad-norm"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+
+# what the client keeps in context.state between rounds
+STATE_MOMENTUM = "momentum"
+
+
+def payload_bytes(content) -> int:
+    """Bytes of the records in a message's RecordDict (tensors, configs, metrics)."""
+    return sum(record.count_bytes() for record in content.values())

@@ -1,0 +1,155 @@
+"""The one local training loop every strategy runs on a client. No flwr imports.
+
+Each local step t on a client (plain SGD with optional momentum, weight decay and the
+local gradient clipping of CELGC, Liu, Zhuang, Lei, Liao, NeurIPS 2022)::
+
+    g     = grad f(x; xi_t)                       # raw mini-batch gradient, all parameters
+    d     = g + wd * x                            # weight decay joins the direction
+    buf   = mu * buf + d ;  d = buf               # momentum (buf starts at d), if mu > 0
+    eta_t = min(eta, gamma / ||g||)  if clipping  # ||g||: one global norm of the raw g
+            eta                      otherwise
+    x     = x - eta_t * d
+
+Clipping with ``gamma`` is the same as clipping g to norm ``c = gamma / eta`` and then
+stepping with ``eta`` (when momentum = wd = 0). Mini-batches are drawn without
+replacement from a permutation of the client's data, reshuffled every pass, all from one
+seeded generator: the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tasks.base import Split
+
+
+@dataclass
+class LocalResult:
+    """What one call of ``local_train`` produced (the model is updated in place)."""
+
+    loss: float  # mean mini-batch loss over the steps, each before its update
+    steps: int
+    examples: int  # size of the client's data (FedAvg's weight)
+    seconds: float
+    clipped_fraction: float = 0.0  # steps where gamma / ||g|| < eta
+    grad_norm: float = 0.0  # mean ||g|| before clipping
+    momentum: list[torch.Tensor] = field(default_factory=list)  # buffers after the last step
+
+
+def steps_for(num_examples: int, batch_size: int, local_steps: int, local_epochs: int) -> int:
+    """Optimizer steps in one round: ``local_epochs`` passes if set, else ``local_steps``."""
+    if local_epochs > 0:
+        return local_epochs * math.ceil(num_examples / min(batch_size, num_examples))
+    return local_steps
+
+
+def round_seed(*parts: int) -> int:
+    """A 63-bit seed derived from (run seed, client, round, ...): independent streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class BatchStream:
+    """Endless mini-batch indices: a fresh permutation of ``n`` every pass."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device, self.perm, self.pos = device, None, n
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.pos = 0
+        batch = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return batch
+
+
+def sgd_step(params, grads, buffers, lr, momentum: float, weight_decay: float) -> None:
+    """``x -= lr * d`` with d = g + wd*x and momentum as in the module docstring.
+    ``lr`` may be a float or a 0-dim tensor (the clipped step size); ``buffers`` is a list
+    that is filled on the first call."""
+    directions = list(grads)
+    if weight_decay:
+        directions = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum:
+        if buffers:
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, directions)
+        else:
+            buffers.extend(torch._foreach_add(directions, 0.0))  # copies
+        directions = buffers
+    if isinstance(lr, torch.Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(directions, -lr))
+    else:
+        torch._foreach_add_(params, directions, alpha=-lr)
+
+
+def global_norm(tensors) -> torch.Tensor:
+    """One L2 norm over all tensors (as if they were one flat vector)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
+
+
+def local_train(
+    model: torch.nn.Module,
+    data: Split,
+    loss_fn,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    clip_gamma: float | None = None,
+    momentum_buffers: list[torch.Tensor] | None = None,
+    seed: int = 0,
+) -> LocalResult:
+    """Run ``steps`` local steps on ``data`` (a client's partition) and update ``model``.
+
+    ``clip_gamma`` switches on CELGC's clipped step; ``momentum_buffers`` (from the
+    previous round, on the model's device) continue the momentum instead of restarting it.
+    """
+    if len(data) == 0:
+        raise ValueError("This client has no training data; check the partitioning.")
+    if clip_gamma is not None and clip_gamma <= 0:
+        raise ValueError(f"clip_gamma must be > 0, got {clip_gamma}.")
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    data = data.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = list(momentum_buffers or [])
+    if buffers and [b.shape for b in buffers] != [p.shape for p in params]:
+        raise ValueError("Saved momentum buffers do not match the model's parameters.")
+    stream = BatchStream(len(data), batch_size, seed, device)
+    loss_sum = torch.zeros((), device=device)
+    norm_sum = torch.zeros((), device=device)
+    clipped = torch.zeros((), device=device)
+    model.train()
+    for _ in range(steps):
+        index = stream.next()
+        loss = loss_fn(model(data.x[index]), data.y[index])
+        grads = torch.autograd.grad(loss, params)
+        loss_sum += loss.detach()
+        step = lr
+        if clip_gamma is not None:
+            norm = global_norm(grads)
+            norm_sum += norm
+            ratio = clip_gamma / norm.clamp_min(1e-12)
+            clipped += (ratio < lr).float()
+            step = torch.clamp(ratio, max=lr)
+        with torch.no_grad():
+            sgd_step(params, grads, buffers, step, momentum, weight_decay)
+    return LocalResult(
+        loss=float(loss_sum) / steps,
+        steps=steps,
+        examples=len(data),
+        seconds=time.perf_counter() - start,
+        clipped_fraction=float(clipped) / steps,
+        grad_norm=float(norm_sum) / steps,
+        momentum=buffers,
+    )

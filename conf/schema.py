@@ -1,0 +1,174 @@
+"""The typed configuration of a fedlocal run: every key, its default, meaning and range.
+
+This module is the single place where a config key is declared (its type, meaning and
+allowed values); ``conf/base.yaml`` holds every default. The other YAML files in
+``conf/`` only change values declared here, the README's config reference is generated
+from the ``help`` texts below (``python -m conf --markdown``), and ``conf.load`` checks
+every value against ``choices``/``ge``/``gt``/``le`` before any training starts.
+No ``flwr`` import here: the schema is plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from omegaconf import MISSING
+
+
+def opt(help: str, *, choices: tuple = (), ge=None, gt=None, le=None):
+    """A config field: its help text and allowed values; its default is in base.yaml."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    return field(default=MISSING, metadata=meta)
+
+
+@dataclass
+class RunSection:
+    rounds: int = opt("Number of server rounds.", ge=1)
+    seed: int = opt("Seed for model init, data split and batch order.", ge=0)
+    output_dir: str = opt(
+        "Folder that receives one sub-folder per run. Absolute or starting with `~`: "
+        "the ServerApp may run in another process with another working directory.",
+    )
+    name: str = opt(
+        "Run folder name; `auto` = `<time>-<task>-<strategy>-s<seed>`."
+    )
+    preset: str = opt(
+        "Experiment preset from `conf/preset/<name>.yaml`, applied over the task and "
+        "strategy defaults; `none` = no preset.",
+    )
+    save_model: bool = opt("Write the final global model to `model.pt`.")
+
+
+@dataclass
+class TaskSection:
+    name: str = opt(
+        "Data set + model family + loss.",
+        choices=("digits", "fmnist", "teacher", "shakespeare"),
+    )
+    loss: str = opt(
+        "`auto` = the task's natural loss (cross-entropy; squared error for "
+        "`teacher`); `mse` trains a classifier with squared loss on one-hot targets.",
+        choices=("auto", "cross_entropy", "mse"),
+    )
+
+
+@dataclass
+class DataSection:
+    path: str = opt(
+        "Data location. fmnist: folder with the IDX files (`auto`: "
+        "/usr/share/datasets/fashion-mnist, then torchvision's download); "
+        "shakespeare: the tiny-shakespeare `input.txt`.",
+    )
+    download: bool = opt(
+        "Allow downloading fmnist/shakespeare when not found locally."
+    )
+    partition: str = opt(
+        "How the training set is split over clients. `natural` = by speaking role "
+        "(shakespeare only).",
+        choices=("iid", "dirichlet", "classes", "natural"),
+    )
+    alpha: float = opt("Dirichlet concentration (smaller = more skew).", gt=0.0)
+    classes_per_client: int = opt("Classes per client for `classes`.", ge=1)
+    min_partition_size: int = opt(
+        "Smallest client partition the Dirichlet split may produce.", ge=1
+    )
+    test_fraction: float = opt(
+        "Held-out fraction for the server's test set (digits, teacher, "
+        "shakespeare; fmnist uses its 10k test images).",
+        gt=0.0,
+        le=0.5,
+    )
+    max_train: int = opt(
+        "Keep only the first N training examples after shuffling (0 = all).", ge=0
+    )
+    num_samples: int = opt(
+        "teacher: number of generated inputs (train + test).", ge=8
+    )
+    input_dim: int = opt("teacher: input dimension.", ge=1)
+    teacher_width: int = opt("teacher: width of the random teacher network.", ge=1)
+    teacher_depth: int = opt(
+        "teacher: hidden layers of the teacher network.", ge=1
+    )
+    label_noise: float = opt(
+        "teacher: std of Gaussian noise added to the targets.", ge=0.0
+    )
+    seq_len: int = opt("shakespeare: characters per training sequence.", ge=2)
+
+
+@dataclass
+class ModelSection:
+    name: str = opt(
+        "`auto` = mlp for digits/fmnist/teacher, lstm for shakespeare.",
+        choices=("auto", "mlp", "cnn", "lstm", "rnn"),
+    )
+    width: int = opt("Hidden units per layer (mlp, lstm, rnn).", ge=1)
+    depth: int = opt("Hidden layers (mlp) or recurrent layers (lstm, rnn).", ge=1)
+    embed_dim: int = opt("Character embedding size (lstm, rnn).", ge=1)
+
+
+@dataclass
+class TrainSection:
+    local_steps: int = opt(
+        "Optimizer steps per client per round (ignored if local_epochs > 0).", ge=1
+    )
+    local_epochs: int = opt(
+        "If > 0: passes over the client's data per round instead of local_steps.",
+        ge=0,
+    )
+    batch_size: int = opt("Mini-batch size (capped at the client's data size).", ge=1)
+    lr: float = opt("SGD learning rate (eta).", gt=0.0)
+    momentum: float = opt("SGD momentum.", ge=0.0, le=0.999)
+    weight_decay: float = opt("L2 weight decay added to the gradient.", ge=0.0)
+    persist_optimizer_state: bool = opt(
+        "Keep momentum buffers on the client across rounds (in context.state) "
+        "instead of starting each round from zero.",
+    )
+    device: str = opt(
+        "`auto` = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")
+    )
+
+
+@dataclass
+class StrategySection:
+    name: str = opt("Server strategy.", choices=("fedavg",))
+    fraction_train: float = opt(
+        "Fraction of connected nodes sampled per round.", gt=0.0, le=1.0
+    )
+    min_train_nodes: int = opt("Fewest nodes sampled for a round.", ge=1)
+    min_available_nodes: int = opt(
+        "Nodes that must be connected before a round starts.", ge=1
+    )
+    fraction_evaluate: float = opt(
+        "Fraction of nodes for federated evaluation on their local data "
+        "(0 = central evaluation only).",
+        ge=0.0,
+        le=1.0,
+    )
+    round_timeout: float = opt(
+        "Seconds to wait for the replies of one round.", gt=0.0
+    )
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = opt("Batch size for evaluation.", ge=1)
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+def iter_fields(cls=Config, prefix: str = ""):
+    """Yield ``(dotted_key, dataclass_field)`` for every leaf of the schema."""
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("help") is None and f.default_factory is not None:  # section
+            yield from iter_fields(f.default_factory, key + ".")
+        else:
+            yield key, f

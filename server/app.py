@@ -1,0 +1,78 @@
+"""fedlocal ServerApp: parse the config once, build the strategy, evaluate centrally,
+write the run folder.
+
+Flower-facing code only. The config funnel (``conf``) takes the user's overrides as
+Flower received them (``--run-config``); the strategy comes from ``strategies``; data,
+model and evaluation from ``tasks``; the run folder from ``server.results``.
+"""
+
+from __future__ import annotations
+
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+import tasks
+from conf import load_config, to_flat
+from server.results import RunFolder
+from strategies import build_strategy
+
+app = ServerApp()
+
+
+def user_overrides(grid: Grid, context: Context) -> dict:
+    """What the user set with ``--run-config``. Flower's ``context.run_config`` also holds
+    every ``[tool.flwr.app.config]`` default from pyproject.toml, which would flatten the
+    task/strategy/preset layers, so take the run's own override dict where there is one."""
+    try:
+        return dict(grid.run.override_config)
+    except (AttributeError, RuntimeError):
+        log(WARNING, "Run overrides unavailable; using the full run_config as overrides.")
+        return dict(context.run_config)
+
+
+def progress_line(record: dict, rounds: int) -> str:
+    parts = [f"round {record['round']}/{rounds}"]
+    for key, label in (("train_loss", "train_loss"), ("test_loss", "test_loss"),
+                       ("test_accuracy", "test_acc"), ("test_perplexity", "test_ppl")):
+        if record.get(key) is not None:
+            parts.append(f"{label} {record[key]:.4f}")
+    parts.append(f"{record['seconds']:.1f} s")
+    return " | ".join(parts)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(user_overrides(grid, context))
+    data = tasks.load_task(cfg)
+    model = tasks.make_model(cfg, data).to(tasks.pick_device(cfg.train.device))
+    loss_fn = tasks.make_loss(cfg, data)
+    folder = RunFolder(cfg)
+    log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
+        cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
+    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)))
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        test = tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size)
+        train = strategy.round_metrics.get(server_round, {})
+        record = folder.record_round(server_round, test, train)
+        if server_round > 0:
+            log(INFO, "fedlocal: %s", progress_line(record, cfg.run.rounds))
+        return MetricRecord(test)
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.run.rounds,
+        timeout=cfg.strategy.round_timeout,
+        train_config=ConfigRecord(),
+        evaluate_fn=central_evaluate,
+    )
+    final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
+    summary = folder.finish(final)
+    log(INFO, "fedlocal: done in %.1f s; final %s", summary["seconds"],
+        {k: v for k, v in summary["final"].items() if k.startswith("test_")})
+    log(INFO, "fedlocal: results in %s", folder.path)

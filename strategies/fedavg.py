@@ -1,0 +1,90 @@
+"""FedAvg / Local SGD: Flower's ``FedAvg``, extended rather than rewritten.
+
+Each round every sampled client runs ``local_steps`` of the one training loop from the
+global model x and the server takes the example-weighted mean (McMahan et al. 2017;
+analysed for ReLU networks by Deng, Kamani, Mahdavi, AISTATS 2022)::
+
+    x <- sum_k (n_k / n) x_k
+
+What this class adds to Flower's: the run's resolved config rides along with the model,
+replies with wrong shapes or non-finite values are dropped (and logged with their node)
+before averaging, and the payload bytes sent and received are returned as metrics (and
+kept in ``round_metrics`` for the ServerApp's per-round record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from client import protocol as P
+from strategies.replies import reply_problem, shapes_of
+
+
+def as_numpy(record: ArrayRecord) -> dict:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+class FedAvg(FlowerFedAvg):
+    def __init__(self, run_config: ConfigRecord, **kwargs) -> None:
+        super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG, **kwargs)
+        self.run_config = run_config
+        self.expected_shapes: dict[str, tuple[int, ...]] = {}
+        self.bytes_sent = 0
+        self.round_metrics: dict[int, dict] = {}  # what aggregate_train returned, by round
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for message in messages:
+            message.content[P.RUN_CONFIG] = self.run_config
+        self.expected_shapes = shapes_of(as_numpy(arrays))
+        self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        for message in messages:
+            message.content[P.RUN_CONFIG] = self.run_config
+        return messages
+
+    def sound_replies(self, replies: Iterable[Message]) -> tuple[list[Message], int]:
+        """Replies fit to average (errors pass through for Flower to log), and the
+        number rejected."""
+        kept, rejected = [], 0
+        for reply in replies:
+            if not reply.has_error():
+                record = reply.content.array_records.get(P.ARRAYS)
+                problem = (
+                    f"no '{P.ARRAYS}' array record" if record is None
+                    else reply_problem(self.expected_shapes, as_numpy(record))
+                )
+                if problem:
+                    log(WARNING, "Rejected the reply of node %s: %s.", reply.metadata.src_node_id, problem)
+                    rejected += 1
+                    continue
+            kept.append(reply)
+        return kept, rejected
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        received = sum(P.payload_bytes(r.content) for r in replies if not r.has_error())
+        kept, rejected = self.sound_replies(replies)
+        arrays, metrics = super().aggregate_train(server_round, kept)
+        metrics = metrics if metrics is not None else MetricRecord()
+        metrics["bytes-sent"] = self.bytes_sent
+        metrics["bytes-received"] = received
+        metrics["num-replies"] = sum(1 for r in kept if not r.has_error())
+        metrics["num-failures"] = sum(1 for r in replies if r.has_error()) + rejected
+        self.round_metrics[server_round] = dict(metrics)
+        return arrays, metrics

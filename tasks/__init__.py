@@ -1,0 +1,151 @@
+"""The plain ML side of fedlocal: data, models, losses and evaluation. No flwr imports.
+
+``load_task(cfg)`` returns the task's data (cached per process, keyed by every config
+value that shapes it), ``client_split`` a client's partition of it, ``make_model`` the
+model, ``make_loss`` the loss and ``evaluate`` the metrics of a model on a split.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData
+from tasks.models import build_model
+from tasks.partition import partition_indices
+
+__all__ = [
+    "Split", "TaskData", "client_split", "evaluate", "load_task", "make_loss", "make_model",
+    "model_name", "pick_device",
+]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, then Apple MPS, else CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but PyTorch sees no CUDA device; use auto or cpu.")
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _data_key(cfg) -> tuple:
+    d = cfg.data
+    return (cfg.task.name, d.path, d.download, d.test_fraction, d.max_train, d.num_samples,
+            d.input_dim, d.teacher_width, d.teacher_depth, d.label_noise, d.seq_len, cfg.run.seed)
+
+
+@lru_cache(maxsize=4)
+def _load(key: tuple) -> TaskData:
+    name, path, download, test_fraction, max_train, num_samples, input_dim, t_width, t_depth, \
+        noise, seq_len, seed = key
+    if name == "digits":
+        from tasks.vision import load_digits
+
+        data = load_digits(test_fraction, seed)
+    elif name == "fmnist":
+        from tasks.vision import load_fmnist
+
+        data = load_fmnist(path, download)
+    elif name == "teacher":
+        from tasks.teacher import load_teacher
+
+        data = load_teacher(num_samples, input_dim, t_width, t_depth, noise, test_fraction, seed)
+    elif name == "shakespeare":
+        from tasks.shakespeare import load_shakespeare
+
+        data = load_shakespeare(path, seq_len, test_fraction, seed, download)
+    else:
+        raise ValueError(f"Unknown task {name!r}.")
+    if max_train and max_train < len(data.train):
+        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+        keep = keep[:max_train].sort().values
+        data = TaskData(
+            data.train.subset(keep), data.test, data.kind, data.num_outputs, data.input_shape,
+            data.labels[keep.numpy()], None if data.groups is None else data.groups[keep.numpy()],
+        )
+    return data
+
+
+def load_task(cfg) -> TaskData:
+    """The task's training pool and held-out test set (cached per process)."""
+    return _load(_data_key(cfg))
+
+
+@lru_cache(maxsize=64)
+def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int) -> Split:
+    data = _load(key)
+    scheme, alpha, classes, min_size, seed = partition
+    index = partition_indices(
+        scheme, num_partitions, partition_id, data.labels, data.groups, alpha=alpha,
+        classes_per_client=classes, min_partition_size=min_size, seed=seed,
+    )
+    return data.train.subset(index)
+
+
+def client_split(cfg, partition_id: int, num_partitions: int) -> Split:
+    """Client ``partition_id``'s share of the training pool (cached per process)."""
+    d = cfg.data
+    partition = (d.partition, d.alpha, d.classes_per_client, d.min_partition_size, cfg.run.seed)
+    return _client_split(_data_key(cfg), partition, num_partitions, partition_id)
+
+
+def model_name(cfg) -> str:
+    if cfg.model.name != "auto":
+        return cfg.model.name
+    return "lstm" if cfg.task.name == "shakespeare" else "mlp"
+
+
+def make_model(cfg, data: TaskData) -> torch.nn.Module:
+    """A freshly initialised model; the same ``run.seed`` gives the same weights."""
+    torch.manual_seed(cfg.run.seed)
+    m = cfg.model
+    return build_model(model_name(cfg), data.input_shape, data.num_outputs, m.width, m.depth,
+                       m.embed_dim)
+
+
+def make_loss(cfg, data: TaskData):
+    """``loss(output, target) -> scalar``: cross-entropy, or half the squared error per
+    example (``0.5 * mean_i ||f(x_i) - y_i||^2``, one-hot targets for classifiers)."""
+    squared = data.kind == REGRESSION or cfg.task.loss == "mse"
+    if data.kind == LANGUAGE:
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    if not squared:
+        return F.cross_entropy
+    if data.kind == CLASSIFICATION:
+        def one_hot_mse(out, y):
+            return 0.5 * (out - F.one_hot(y, out.shape[-1]).to(out.dtype)).pow(2).sum(1).mean()
+
+        return one_hot_mse
+    return lambda out, y: 0.5 * (out - y).pow(2).sum(1).mean()
+
+
+@torch.no_grad()
+def evaluate(model, split: Split, loss_fn, kind: str, batch_size: int = 1024) -> dict[str, float]:
+    """Loss (mean over examples) plus accuracy (classification, language: per character)
+    and perplexity (language) of ``model`` on ``split``."""
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct, count, tokens = 0.0, 0, 0, 0
+    for start in range(0, len(split), batch_size):
+        x = split.x[start : start + batch_size].to(device)
+        y = split.y[start : start + batch_size].to(device)
+        out = model(x)
+        total_loss += float(loss_fn(out, y)) * len(x)
+        count += len(x)
+        if kind != REGRESSION:
+            correct += int((out.argmax(-1) == y).sum())
+            tokens += y.numel()
+    model.train()
+    metrics = {"loss": total_loss / max(count, 1)}
+    if kind != REGRESSION:
+        metrics["accuracy"] = correct / max(tokens, 1)
+    if kind == LANGUAGE:
+        metrics["perplexity"] = float(torch.tensor(metrics["loss"]).exp())
+    return metrics

@@ -1,0 +1,99 @@
+"""ReLU models for the tasks: MLP, small CNN, character LSTM and character ReLU RNN."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``depth`` hidden ReLU layers of ``width`` units, He (Kaiming) initialised."""
+
+    def __init__(self, in_features: int, width: int, depth: int, out_features: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        size = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        layers.append(nn.Linear(size, out_features))
+        self.net = nn.Sequential(*layers)
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def hidden(self, x):
+        """Pre-activations of every hidden layer (for activation-pattern diagnostics)."""
+        out, h = [], x.flatten(1)
+        for module in list(self.net)[1:-1]:
+            h = module(h)
+            if isinstance(module, nn.Linear):
+                out.append(h)
+        return out
+
+
+class CNN(nn.Module):
+    """Two 5x5 conv + ReLU + max-pool blocks, then a ReLU MLP head."""
+
+    def __init__(self, input_shape: tuple[int, ...], width: int, out_features: int):
+        super().__init__()
+        channels, height, w = input_shape
+        pad = 2
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        flat = 64 * (height // 4) * (w // 4)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, width), nn.ReLU(), nn.Linear(width, out_features)
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class CharRNN(nn.Module):
+    """Embedding -> LSTM (or ReLU RNN) -> linear over the vocabulary, per position."""
+
+    def __init__(self, vocab: int, embed_dim: int, width: int, depth: int, cell: str):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed_dim)
+        if cell == "lstm":
+            self.rnn = nn.LSTM(embed_dim, width, num_layers=depth, batch_first=True)
+        else:
+            self.rnn = nn.RNN(
+                embed_dim, width, num_layers=depth, nonlinearity="relu", batch_first=True
+            )
+            # Identity-scaled recurrent init keeps a ReLU RNN from exploding at start
+            # (Le, Jaitly, Hinton 2015, "IRNN"), scaled down for stability.
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("weight_hh"):
+                    nn.init.eye_(param)
+                    param.data.mul_(0.5)
+                elif name.startswith("weight_ih"):
+                    nn.init.normal_(param, std=1.0 / math.sqrt(embed_dim))
+                else:
+                    nn.init.zeros_(param)
+        self.out = nn.Linear(width, vocab)
+
+    def forward(self, x):
+        h, _ = self.rnn(self.embed(x))
+        return self.out(h)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, width: int,
+                depth: int, embed_dim: int) -> nn.Module:
+    """The model named in the config (``auto`` already resolved by the task registry)."""
+    if name == "mlp":
+        return MLP(math.prod(input_shape), width, depth, num_outputs)
+    if name == "cnn":
+        return CNN(input_shape, width, num_outputs)
+    if name in ("lstm", "rnn"):
+        return CharRNN(num_outputs, embed_dim, width, depth, name)
+    raise ValueError(f"Unknown model {name!r}; choose mlp, cnn, lstm or rnn.")

@@ -1,0 +1,88 @@
+"""Split a training pool over clients with flwr-datasets' partitioners.
+
+The partitioners run on a tiny local ``datasets.Dataset`` holding only the example index,
+its label and its natural group, so the images or sequences themselves are never copied:
+a partition comes back as an index array into the task's tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMES = ("iid", "dirichlet", "classes", "natural")
+
+
+def _natural_clients(groups: np.ndarray, num_partitions: int, seed: int) -> np.ndarray:
+    """Client id of every example: its group (speaking role) assigned to a client so the
+    clients' sample counts are balanced. Deterministic given ``seed``."""
+    from tasks.shakespeare import assign_roles_to_clients
+
+    sizes = np.bincount(groups)
+    client_of_group = assign_roles_to_clients(sizes, num_partitions, seed)
+    return client_of_group[groups]
+
+
+def partition_indices(
+    scheme: str,
+    num_partitions: int,
+    partition_id: int,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    min_partition_size: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Indices of the training examples that belong to client ``partition_id``."""
+    from datasets import Dataset
+    from flwr_datasets import partitioner as fp
+
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
+        )
+    if num_partitions > len(labels):
+        raise ValueError(
+            f"{num_partitions} clients but only {len(labels)} training examples; use fewer clients."
+        )
+    columns = {"idx": np.arange(len(labels)), "label": np.asarray(labels)}
+    if scheme == "iid":
+        # IidPartitioner cuts contiguous shards: shuffle the pool first, by seed.
+        columns["idx"] = np.random.default_rng(seed).permutation(len(labels))
+        part = fp.IidPartitioner(num_partitions)
+    elif scheme == "dirichlet":
+        part = fp.DirichletPartitioner(
+            num_partitions, "label", alpha, min_partition_size=min_partition_size,
+            self_balancing=False, shuffle=True, seed=seed,
+        )
+    elif scheme == "classes":
+        num_classes = len(np.unique(labels))
+        if classes_per_client > num_classes:
+            raise ValueError(
+                f"data.classes_per_client = {classes_per_client} but the task has only "
+                f"{num_classes} classes."
+            )
+        part = fp.PathologicalPartitioner(
+            num_partitions, "label", classes_per_client, class_assignment_mode="first-deterministic",
+            shuffle=True, seed=seed,
+        )
+    elif scheme == "natural":
+        if groups is None:
+            raise ValueError("data.partition = 'natural' needs a task with natural groups.")
+        columns["client"] = _natural_clients(np.asarray(groups), num_partitions, seed)
+        part = fp.NaturalIdPartitioner("client")
+    else:
+        raise ValueError(f"Unknown partition scheme {scheme!r}; choose one of {SCHEMES}.")
+    part.dataset = Dataset.from_dict(columns)
+    if scheme == "natural":
+        # NaturalIdPartitioner numbers partitions in order of first appearance: map back.
+        if part.num_partitions != num_partitions:  # also builds the id mapping
+            raise ValueError(f"{part.num_partitions} natural groups for {num_partitions} clients.")
+        ids = part.partition_id_to_natural_id
+        partition_id = next(p for p, natural in ids.items() if natural == partition_id)
+    try:
+        indices = np.asarray(part.load_partition(partition_id)["idx"], dtype=np.int64)
+    except ValueError as err:  # e.g. Dirichlet cannot meet min_partition_size
+        raise ValueError(f"Cannot split the data {scheme!r} into {num_partitions} parts: {err}") from err
+    return np.sort(indices)

@@ -1,0 +1,122 @@
+"""Image classification tasks: scikit-learn's digits (embedded) and Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.base import CLASSIFICATION, Split, TaskData
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+FMNIST_HELP = (
+    "Fashion-MNIST was not found. Either install Debian's copy "
+    "(`apt-get install dataset-fashion-mnist`, files land in /usr/share/datasets/fashion-mnist), "
+    "point data.path at a folder holding the four IDX files (train-images-idx3-ubyte[.gz], ...), "
+    "or allow torchvision to download it (data.download=true, needs internet)."
+)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Indices (train, test) with ``test_fraction`` of every class held out, shuffled."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = max(1, int(round(test_fraction * len(idx))))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def load_digits(test_fraction: float, seed: int) -> TaskData:
+    """1797 8x8 digit images shipped inside scikit-learn (no download), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)  # N,1,8,8
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    train, test = stratified_split(bunch.target, test_fraction, seed)
+    return TaskData(
+        train=Split(x[train], y[train]),
+        test=Split(x[test], y[test]),
+        kind=CLASSIFICATION,
+        num_outputs=10,
+        input_shape=(1, 8, 8),
+        labels=bunch.target[train],
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes.")
+    return data.reshape(shape)
+
+
+def _find_idx_folder(path: str) -> Path | None:
+    candidates = [Path(path).expanduser()] if path != "auto" else [DEBIAN_FMNIST]
+    for folder in candidates:
+        for sub in (folder, folder / "FashionMNIST" / "raw"):
+            if all(_idx_file(sub, name) for name in FMNIST_FILES.values()):
+                return sub
+    return None
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _torchvision_download(root: Path) -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception as err:  # no internet, mirror down, ...
+        raise FileNotFoundError(f"{FMNIST_HELP} (torchvision's download failed: {err})") from err
+    return root / "FashionMNIST" / "raw"
+
+
+def load_fmnist(path: str, download: bool) -> TaskData:
+    """Fashion-MNIST from IDX files: data.path, then Debian's package, then torchvision."""
+    folder = _find_idx_folder(path)
+    if folder is None and path != "auto":
+        raise FileNotFoundError(f"data.path = {path!r} holds no Fashion-MNIST IDX files. {FMNIST_HELP}")
+    if folder is None:
+        if not download:
+            raise FileNotFoundError(FMNIST_HELP)
+        folder = _torchvision_download(Path("~/.cache/fedlocal").expanduser())
+    arrays = {key: _read_idx(_idx_file(folder, name)) for key, name in FMNIST_FILES.items()}
+    # Standardise with the training set's mean/std (0.2860, 0.3530).
+    def images(raw):
+        x = torch.from_numpy(raw.copy()).float().div_(255.0).unsqueeze(1)
+        return x.sub_(0.2860).div_(0.3530)
+
+    return TaskData(
+        train=Split(images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64))),
+        test=Split(images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64))),
+        kind=CLASSIFICATION,
+        num_outputs=10,
+        input_shape=(1, 28, 28),
+        labels=arrays["train_y"].astype(np.int64),
+    )
