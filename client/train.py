@@ -129,19 +129,22 @@ def local_train(
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
     clipped = torch.zeros((), device=device)
+    # The step size is a tensor on both paths, so an unclipped step and a clipped step
+    # that is not cut (gamma / ||g|| >= eta) do exactly the same arithmetic.
+    eta = torch.tensor(lr, device=device)
     model.train()
     for _ in range(steps):
         index = stream.next()
         loss = loss_fn(model(data.x[index]), data.y[index])
         grads = torch.autograd.grad(loss, params)
         loss_sum += loss.detach()
-        step = lr
+        step = eta
         if clip_gamma is not None:
             norm = global_norm(grads)
             norm_sum += norm
             ratio = clip_gamma / norm.clamp_min(1e-12)
-            clipped += (ratio < lr).float()
-            step = torch.clamp(ratio, max=lr)
+            clipped += (ratio < eta).float()
+            step = torch.minimum(ratio, eta)
         with torch.no_grad():
             sgd_step(params, grads, buffers, step, momentum, weight_decay)
     return LocalResult(

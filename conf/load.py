@@ -14,6 +14,8 @@ layer that sets them, so ``--run-config "task.name='fmnist'"`` pulls in
 from __future__ import annotations
 
 import dataclasses
+import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,12 @@ def _check_consistency(cfg: Config) -> None:
             "strategy.min_available_nodes must be >= strategy.min_train_nodes "
             f"({cfg.strategy.min_available_nodes} < {cfg.strategy.min_train_nodes})."
         )
+
+
+def parse_run_config(text: str) -> dict:
+    """``"a.b=1 c='x'"`` -> ``{"a.b": 1, "c": "x"}`` (values are TOML)."""
+    pairs = re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", text)
+    return {key: tomllib.loads(f"v = {value}")["v"] for key, value in pairs}
 
 
 # ----------------------------------------------------------------------------- funnel

@@ -11,6 +11,7 @@ No ``flwr`` import here: the schema is plain data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+
 from omegaconf import MISSING
 
 

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
+
 
 from conf import to_yaml
 
@@ -77,6 +77,8 @@ class RunFolder:
 
     def finish(self, state_dict: dict | None) -> dict:
         """Write summary.json (and model.pt) and return the summary."""
+        import torch  # here, so that plotting (which reads this module) starts fast
+
         if state_dict is not None and self.cfg.run.save_model:
             torch.save(state_dict, self.path / MODEL_FILE)
         last = self.records[-1] if self.records else {}

@@ -29,11 +29,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, index) -> "Split":
+    def subset(self, index) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(self.x[index], self.y[index])
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
 

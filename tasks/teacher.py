@@ -42,7 +42,7 @@ def load_teacher(
     y = (y - y.mean()) / y.std().clamp_min(1e-12)
     if label_noise > 0:
         y = y + label_noise * torch.randn(y.shape, generator=gen)
-    n_test = max(1, int(round(test_fraction * num_samples)))
+    n_test = max(1, round(test_fraction * num_samples))
     order = torch.randperm(num_samples, generator=gen)
     test, train = order[:n_test], order[n_test:]
     targets = y[train, 0].numpy()

@@ -31,7 +31,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
     train, test = [], []
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        n_test = max(1, int(round(test_fraction * len(idx))))
+        n_test = max(1, round(test_fraction * len(idx)))
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
