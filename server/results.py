@@ -10,8 +10,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-
-
 from conf import to_yaml
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_FILE = (

@@ -243,7 +243,7 @@ def exponential(n: int) -> np.ndarray:
     n = _check_count(n, "exponential: n")
     offsets = {(-(2**k)) % n for k in range(_ceil_log2(n))} - {0}
     weight = 1.0 / (1 + len(offsets))
-    return _circulant({0: weight, **{o: weight for o in offsets}}, n)
+    return _circulant({0: weight, **dict.fromkeys(offsets, weight)}, n)
 
 
 def fully_connected(n: int) -> np.ndarray:

@@ -103,11 +103,13 @@ def model_name(cfg) -> str:
 
 
 def make_model(cfg, data: TaskData) -> torch.nn.Module:
-    """A freshly initialised model; the same ``run.seed`` gives the same weights."""
-    torch.manual_seed(cfg.run.seed)
+    """A freshly initialised model; the same ``run.seed`` gives the same weights. The
+    global RNG is left as it was."""
     m = cfg.model
-    return build_model(model_name(cfg), data.input_shape, data.num_outputs, m.width, m.depth,
-                       m.embed_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed)
+        return build_model(model_name(cfg), data.input_shape, data.num_outputs, m.width,
+                           m.depth, m.embed_dim)
 
 
 def make_loss(cfg, data: TaskData):
@@ -130,6 +132,7 @@ def make_loss(cfg, data: TaskData):
 def evaluate(model, split: Split, loss_fn, kind: str, batch_size: int = 1024) -> dict[str, float]:
     """Loss (mean over examples) plus accuracy (classification, language: per character)
     and perplexity (language) of ``model`` on ``split``."""
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_loss, correct, count, tokens = 0.0, 0, 0, 0
@@ -142,7 +145,7 @@ def evaluate(model, split: Split, loss_fn, kind: str, batch_size: int = 1024) ->
         if kind != REGRESSION:
             correct += int((out.argmax(-1) == y).sum())
             tokens += y.numel()
-    model.train()
+    model.train(was_training)
     metrics = {"loss": total_loss / max(count, 1)}
     if kind != REGRESSION:
         metrics["accuracy"] = correct / max(tokens, 1)

@@ -76,7 +76,8 @@ def partition_indices(
         raise ValueError(f"Unknown partition scheme {scheme!r}; choose one of {SCHEMES}.")
     part.dataset = Dataset.from_dict(columns)
     if scheme == "natural":
-        # NaturalIdPartitioner numbers partitions in order of first appearance: map back.
+        # NaturalIdPartitioner numbers its partitions itself (sorted ids in flwr-datasets
+        # 0.6); map client id -> partition id explicitly rather than rely on that.
         if part.num_partitions != num_partitions:  # also builds the id mapping
             raise ValueError(f"{part.num_partitions} natural groups for {num_partitions} clients.")
         ids = part.partition_id_to_natural_id

@@ -58,8 +58,11 @@ def load_digits(test_fraction: float, seed: int) -> TaskData:
 def _read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, OSError) as err:  # truncated or corrupt gzip, unreadable file
+        raise ValueError(f"{path} is not a readable IDX file: {err}") from err
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
     ndim = raw[3]

@@ -15,7 +15,6 @@ from client import protocol as P
 from conf import load_config, to_flat
 from strategies import build_strategy
 
-
 # Flower's node sampling waits (forever) until min_available_nodes are connected.
 ONE_NODE = {"strategy.min_train_nodes": 1, "strategy.min_available_nodes": 1}
 

@@ -288,13 +288,6 @@ def test_read_idx_rejects_corrupt_files(tmp_path, content, match):
         _read_idx(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG tasks/vision.py _read_idx: a corrupt .gz file (cut short by an interrupted "
-    "download, bad CRC, or plain bytes named .gz) escapes as EOFError / gzip.BadGzipFile "
-    "(OSError) from handle.read(), not as the ValueError naming the file that every other "
-    "corrupt IDX file gets",
-)
 @pytest.mark.parametrize("damage", ["truncated", "bad-crc", "not-gzip"])
 def test_read_idx_rejects_corrupt_gzip_with_value_error(tmp_path, damage):
     packed = gzip.compress(idx_bytes(np.arange(200) % 10))

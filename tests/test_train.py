@@ -66,7 +66,7 @@ def test_clip_metrics_on_known_gradient_sequence():
     with torch.no_grad():
         model.weight.fill_(3.0)
     data = Split(torch.ones(1, 1), torch.zeros(1, 1))
-    loss = lambda out, y: 0.5 * (out - y).pow(2).sum()  # noqa: E731  grad = w
+    loss = lambda out, y: 0.5 * (out - y).pow(2).sum()
     eta, gamma = 0.5, 1.0  # clip while |w| > gamma / eta = 2
     result = local_train(model, data, loss, steps=4, batch_size=1, lr=eta, clip_gamma=gamma)
     # w: 3 -> 3 - 1/3*3 = 2 (clipped, norm 3) -> 2 - 0.5*2 = 1 (norm 2: gamma/norm = eta, not
@@ -79,7 +79,7 @@ def test_clip_metrics_on_known_gradient_sequence():
 def test_huge_gamma_equals_unclipped_exactly():
     model, data = toy()
     clipped = copy.deepcopy(model)
-    kwargs = dict(steps=5, batch_size=8, lr=0.1, momentum=0.9, seed=3)
+    kwargs = {"steps": 5, "batch_size": 8, "lr": 0.1, "momentum": 0.9, "seed": 3}
     local_train(model, data, torch.nn.functional.cross_entropy, **kwargs)
     result = local_train(clipped, data, torch.nn.functional.cross_entropy, clip_gamma=1e12, **kwargs)
     assert torch.equal(flat(model), flat(clipped))
@@ -90,7 +90,7 @@ def test_persisted_momentum_continues_exactly():
     """Two rounds of 3 full-batch steps with the buffers carried == one run of 6 steps."""
     model, data = toy()
     split_run = copy.deepcopy(model)
-    kwargs = dict(batch_size=len(data), lr=0.1, momentum=0.9)
+    kwargs = {"batch_size": len(data), "lr": 0.1, "momentum": 0.9}
     local_train(model, data, torch.nn.functional.cross_entropy, steps=6, **kwargs)
     first = local_train(split_run, data, torch.nn.functional.cross_entropy, steps=3, **kwargs)
     local_train(split_run, data, torch.nn.functional.cross_entropy, steps=3,
