@@ -76,7 +76,7 @@ def train(msg: Message, context: Context) -> Message:
     buffers = None
     if t.persist_optimizer_state and P.STATE_MOMENTUM in context.state.array_records:
         saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
-        buffers = [saved[key].to(device) for key in sorted(saved, key=int)]
+        buffers = [saved[name].to(device) for name in sorted(saved, key=int)]
     result = local_train(
         model,
         split,
@@ -99,6 +99,8 @@ def train(msg: Message, context: Context) -> Message:
         P.NUM_STEPS: result.steps,
         P.TRAIN_SECONDS: result.seconds,
     })
+    if msg.content[P.CONFIG].get(P.WANT_PARTITION_ID, False):
+        metrics[P.PARTITION_ID] = partition_id
     content = RecordDict({P.ARRAYS: ArrayRecord(model.state_dict()), P.METRICS: metrics})
     return Message(content=content, reply_to=msg)
 

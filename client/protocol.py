@@ -13,6 +13,7 @@ METRICS = "metrics"
 
 # per-round values in CONFIG
 SERVER_ROUND = "server-round"
+WANT_PARTITION_ID = "want-partition-id"  # reply with PARTITION_ID in the metrics (gossip)
 
 # node config (simulation: set by Flower; deployment: --node-config)
 PARTITION_ID = "partition-id"

@@ -130,7 +130,7 @@ class TrainSection:
 
 @dataclass
 class StrategySection:
-    name: str = opt("Server strategy.", choices=("fedavg",))
+    name: str = opt("Server strategy.", choices=("fedavg", "gossip_pga"))
     fraction_train: float = opt(
         "Fraction of connected nodes sampled per round.", gt=0.0, le=1.0
     )
@@ -146,6 +146,29 @@ class StrategySection:
     )
     round_timeout: float = opt(
         "Seconds to wait for the replies of one round.", gt=0.0
+    )
+    topology: str = opt(
+        "gossip_pga: the graph whose mixing matrix W the server applies "
+        "(`identity` = no gossip, i.e. Local SGD).",
+        choices=("ring", "grid", "torus", "exponential", "one_peer_exponential",
+                 "fully_connected", "star", "erdos_renyi", "identity"),
+    )
+    averaging: str = opt(
+        "gossip_pga: when to average globally. `periodic` every `period` iterations "
+        "(Gossip-PGA), `adaptive` from `period` growing as the loss falls (Gossip-AGA, "
+        "our rule: H = ceil(period * sqrt(F_0 / F))), `never` (Gossip SGD).",
+        choices=("periodic", "adaptive", "never"),
+    )
+    period: int = opt("gossip_pga: H, iterations between global averages (1 = parallel SGD).", ge=1)
+    edge_probability: float = opt("gossip_pga: edge probability of `erdos_renyi`.", gt=0.0, le=1.0)
+    failure_policy: str = opt(
+        "gossip_pga: a node that does not answer in time: `stop` the run, or `renormalize` "
+        "(drop it and rebuild W on the remaining graph with Metropolis-Hastings weights).",
+        choices=("stop", "renormalize"),
+    )
+    evaluate_nodes: bool = opt(
+        "gossip_pga: also evaluate every node's own model on the test set each round "
+        "(mean over nodes)."
     )
 
 

@@ -8,6 +8,7 @@ model and evaluation from ``tasks``; the run folder from ``server.results``.
 
 from __future__ import annotations
 
+import time
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -18,6 +19,7 @@ import tasks
 from conf import load_config, to_flat
 from server.results import RunFolder
 from strategies import build_strategy
+from strategies.topology import beta
 
 app = ServerApp()
 
@@ -31,6 +33,19 @@ def user_overrides(grid: Grid, context: Context) -> dict:
     except (AttributeError, RuntimeError):
         log(WARNING, "Run overrides unavailable; using the full run_config as overrides.")
         return dict(context.run_config)
+
+
+def wait_for_nodes(grid: Grid, at_least: int, timeout: float) -> int:
+    """How many SuperNodes are connected, once at least ``at_least`` are."""
+    deadline = time.monotonic() + timeout
+    while (count := len(list(grid.get_node_ids()))) < at_least:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"Only {count} SuperNodes connected after {timeout:.0f} s; "
+                f"strategy.min_available_nodes = {at_least}."
+            )
+        time.sleep(1.0)
+    return count
 
 
 def progress_line(record: dict, rounds: int) -> str:
@@ -52,7 +67,21 @@ def main(grid: Grid, context: Context) -> None:
     folder = RunFolder(cfg)
     log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
-    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)))
+    num_nodes = evaluate_nodes = None
+    if cfg.strategy.name == "gossip_pga":
+        num_nodes = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.round_timeout)
+
+        def evaluate_nodes(records: list[ArrayRecord]) -> dict[str, float]:
+            results = []
+            for record in records:
+                model.load_state_dict(record.to_torch_state_dict())
+                results.append(tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size))
+            return {f"test-{key}": sum(r[key] for r in results) / len(results) for key in results[0]}
+
+    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes, evaluate_nodes)
+    if num_nodes is not None:
+        log(INFO, "fedlocal: gossip graph %s on %d nodes, beta = ||W - 11^T/n||_2 = %.4f",
+            cfg.strategy.topology, num_nodes, beta(strategy.mixing(0)))
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -72,6 +101,8 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=central_evaluate,
     )
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
+    if hasattr(strategy, "node_state"):
+        folder.save_node_models({i: r.to_torch_state_dict() for i, r in strategy.node_state().items()})
     summary = folder.finish(final)
     log(INFO, "fedlocal: done in %.1f s; final %s", summary["seconds"],
         {k: v for k, v in summary["final"].items() if k.startswith("test_")})

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from conf import to_yaml
 
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_FILE = (
-    "config.yaml", "metrics.jsonl", "summary.json", "model.pt",
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_FILE, NODE_MODELS_FILE = (
+    "config.yaml", "metrics.jsonl", "summary.json", "model.pt", "node_models.pt",
 )
 
 
@@ -72,6 +72,12 @@ class RunFolder:
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
+
+    def save_node_models(self, states: dict[int, dict]) -> None:
+        """Every node's own model (decentralized strategies), by graph index."""
+        import torch
+
+        torch.save(states, self.path / NODE_MODELS_FILE)
 
     def finish(self, state_dict: dict | None) -> dict:
         """Write summary.json (and model.pt) and return the summary."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def build_strategy(cfg, run_config):
+def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes=None):
     """The strategy named by ``strategy.name``, configured from the typed config.
-    ``run_config`` is the resolved config as a ConfigRecord, sent along to clients."""
+    ``run_config`` is the resolved config as a ConfigRecord, sent along to clients;
+    ``num_nodes`` (the graph size) and ``evaluate_nodes`` are for gossip_pga."""
     s = cfg.strategy
     if s.name == "fedavg":
         from strategies.fedavg import FedAvg
@@ -17,5 +18,20 @@ def build_strategy(cfg, run_config):
             min_train_nodes=s.min_train_nodes,
             min_evaluate_nodes=s.min_train_nodes if s.fraction_evaluate > 0 else 0,
             min_available_nodes=s.min_available_nodes,
+        )
+    if s.name == "gossip_pga":
+        from strategies.gossip import GossipPGA
+        from strategies.schedule import AveragingSchedule
+        from strategies.topology import build_topology
+
+        if num_nodes is None:
+            raise ValueError("gossip_pga needs the number of nodes to build its graph.")
+        return GossipPGA(
+            run_config,
+            num_nodes=num_nodes,
+            mixing=build_topology(s.topology, num_nodes, seed=cfg.run.seed, p=s.edge_probability),
+            schedule=AveragingSchedule(s.averaging, s.period),
+            failure_policy=s.failure_policy,
+            evaluate_nodes=evaluate_nodes if s.evaluate_nodes else None,
         )
     raise ValueError(f"Unknown strategy {s.name!r}.")
