@@ -33,8 +33,11 @@ def sampled_clients(num_clients: int, fraction: float, min_nodes: int, rounds: i
 
 
 def fedavg_by_hand(overrides: dict, num_clients: int, rounds: int, fraction: float = 1.0,
-                   min_nodes: int = 2) -> dict:
+                   min_nodes: int = 2, threads: int = 1) -> dict:
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     import tasks
     from client.train import local_train, round_seed, steps_for
@@ -100,11 +103,14 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--min-nodes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0 = torch's default); Flower gives each simulated "
+                        "client 1 CPU, and on a busy 2-core host 2 threads can be 100x slower")
     parser.add_argument("--overrides", default="{}", help="fedlocal config overrides as JSON")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     result = fedavg_by_hand(json.loads(args.overrides), args.clients, args.rounds,
-                            args.fraction, args.min_nodes)
+                            args.fraction, args.min_nodes, args.threads)
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 

@@ -18,7 +18,7 @@ import torch
 
 import tasks
 from client.train import local_train, round_seed, steps_for
-from strategies.schedule import AveragingSchedule, mix_step
+from strategies.schedule import AveragingSchedule, mix_step, modelled_cost
 from strategies.topology import build_topology, consensus_distance
 
 
@@ -77,9 +77,11 @@ def simulate(cfg, num_nodes: int, iterations: int | None = None, evaluate_every:
             Y[i] = _vector(model)
         is_global = schedule.is_global(k, float(np.mean(losses)))
         X = mix_step(Y, mixing(k), is_global)
+        modelled_bytes, hops = modelled_cost(mixing(k), is_global, X.shape[1] * X.itemsize)
         record = {"iteration": k + 1, "train_loss": float(np.mean(losses)),
                   "consensus_distance": consensus_distance(X), "global_average": int(is_global),
-                  "period": schedule.period}
+                  "period": schedule.period, "modelled_bytes_per_node": modelled_bytes,
+                  "modelled_hops": hops}
         if evaluate_every and ((k + 1) % evaluate_every == 0 or k + 1 == iterations):
             _load(model, X.mean(axis=0, dtype=np.float64).astype(np.float32))
             test = tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size)

@@ -1,0 +1,1 @@
+"""qsbaseline: a Flower / PyTorch app in the style of Flower's quickstart-pytorch."""
