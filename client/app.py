@@ -8,6 +8,7 @@ value that shapes them); momentum that must persist lives in ``context.state``.
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 import torch
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 import tasks
 from client import protocol as P
-from client.train import local_train, round_seed, steps_for
+from client.train import global_norm, local_train, minibatch_gradient, round_seed, steps_for
 from conf import from_flat
 
 app = ClientApp()
@@ -69,40 +70,60 @@ def _setup(msg: Message, context: Context):
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Local training (or, for the naive clipping baseline, one mini-batch gradient)."""
     cfg, data, split, model, partition_id = _setup(msg, context)
-    t = cfg.train
-    server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
+    t, config = cfg.train, msg.content[P.CONFIG]
+    server_round = int(config[P.SERVER_ROUND])
+    seed = round_seed(cfg.run.seed, partition_id, server_round)
+    loss_fn = tasks.make_loss(cfg, data)
+    if config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT:
+        start = time.perf_counter()
+        grads, loss = minibatch_gradient(model, split, loss_fn, batch_size=t.batch_size, seed=seed)
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        arrays = ArrayRecord(dict(zip(names, grads, strict=True)))
+        metrics = _metrics(len(split), loss, 0, time.perf_counter() - start,
+                           float(global_norm(grads)), 0.0)
+    else:
+        arrays, metrics = _train(cfg, msg, context, split, model, loss_fn, seed)
+    if config.get(P.WANT_PARTITION_ID, False):
+        metrics[P.PARTITION_ID] = partition_id
+    return Message(content=RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
+
+
+def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
+    return MetricRecord({
+        P.NUM_EXAMPLES: examples, P.UNIT_WEIGHT: 1, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
+        P.TRAIN_SECONDS: seconds, P.GRAD_NORM: grad_norm, P.CLIP_FRACTION: clipped,
+    })
+
+
+def _train(cfg, msg, context, split, model, loss_fn, seed):
+    t, config = cfg.train, msg.content[P.CONFIG]
     device = next(model.parameters()).device
     buffers = None
     if t.persist_optimizer_state and P.STATE_MOMENTUM in context.state.array_records:
         saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
         buffers = [saved[name].to(device) for name in sorted(saved, key=int)]
+    steps = int(config.get(P.LOCAL_STEPS, 0)) or steps_for(
+        len(split), t.batch_size, t.local_steps, t.local_epochs)
+    gamma = config.get(P.CLIP_GAMMA)
     result = local_train(
-        model,
-        split,
-        tasks.make_loss(cfg, data),
-        steps=steps_for(len(split), t.batch_size, t.local_steps, t.local_epochs),
-        batch_size=t.batch_size,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        momentum_buffers=buffers,
-        seed=round_seed(cfg.run.seed, partition_id, server_round),
+        model, split, loss_fn, steps=steps, batch_size=t.batch_size,
+        lr=float(config.get(P.LR, t.lr)), momentum=t.momentum, weight_decay=t.weight_decay,
+        clip_gamma=None if gamma is None else float(gamma), momentum_buffers=buffers, seed=seed,
+        smoothness_every=t.smoothness_every,
     )
     if t.persist_optimizer_state and result.momentum:
         context.state[P.STATE_MOMENTUM] = ArrayRecord(
             {str(i): b for i, b in enumerate(result.momentum)}
         )
-    metrics = MetricRecord({
-        P.NUM_EXAMPLES: result.examples,
-        P.TRAIN_LOSS: result.loss,
-        P.NUM_STEPS: result.steps,
-        P.TRAIN_SECONDS: result.seconds,
-    })
-    if msg.content[P.CONFIG].get(P.WANT_PARTITION_ID, False):
-        metrics[P.PARTITION_ID] = partition_id
-    content = RecordDict({P.ARRAYS: ArrayRecord(model.state_dict()), P.METRICS: metrics})
-    return Message(content=content, reply_to=msg)
+    metrics = _metrics(result.examples, result.loss, result.steps, result.seconds,
+                       result.grad_norm, result.clipped_fraction)
+    if t.smoothness_every > 0:
+        pairs = result.smoothness or [(0.0, 0.0)]
+        metrics[P.SMOOTHNESS] = sum(s for _, s in pairs) / len(pairs)
+        metrics[P.SMOOTHNESS_GRAD_NORM] = sum(g for g, _ in pairs) / len(pairs)
+    return ArrayRecord(model.state_dict()), metrics
 
 
 @app.evaluate()

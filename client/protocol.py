@@ -14,18 +14,26 @@ METRICS = "metrics"
 # per-round values in CONFIG
 SERVER_ROUND = "server-round"
 WANT_PARTITION_ID = "want-partition-id"  # reply with PARTITION_ID in the metrics (gossip)
+LR = "lr"  # eta for this round (default: train.lr)
+CLIP_GAMMA = "clip-gamma"  # CELGC's gamma; absent = no clipping
+LOCAL_STEPS = "local-steps"  # I, steps this round (default: train.local_steps/epochs)
+MODE = "mode"  # MODE_TRAIN (default) or MODE_GRADIENT
+MODE_TRAIN, MODE_GRADIENT = "train", "gradient"  # gradient: reply one mini-batch gradient
 
 # node config (simulation: set by Flower; deployment: --node-config)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
-# reply metrics; NUM_EXAMPLES is what Flower's FedAvg weights by
+# reply metrics; NUM_EXAMPLES (or UNIT_WEIGHT, for uniform averages) is what FedAvg weights by
 NUM_EXAMPLES = "num-examples"
+UNIT_WEIGHT = "unit-weight"
 TRAIN_LOSS = "train-loss"
 NUM_STEPS = "num-steps"
 TRAIN_SECONDS = "train-seconds"
 CLIP_FRACTION = "clip-fraction"
 GRAD_NORM = "grad-norm"
+SMOOTHNESS = "smoothness"  # mean local smoothness estimate over sampled steps
+SMOOTHNESS_GRAD_NORM = "smoothness-grad-norm"  # mean ||g|| at those steps
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 

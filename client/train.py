@@ -37,8 +37,10 @@ class LocalResult:
     examples: int  # size of the client's data (FedAvg's weight)
     seconds: float
     clipped_fraction: float = 0.0  # steps where gamma / ||g|| < eta
-    grad_norm: float = 0.0  # mean ||g|| before clipping
+    grad_norm: float = 0.0  # mean ||g|| (raw, before clipping) over the steps
     momentum: list[torch.Tensor] = field(default_factory=list)  # buffers after the last step
+    # sampled steps: (||g(x_t)||, ||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||), same batch
+    smoothness: list[tuple[float, float]] = field(default_factory=list)
 
 
 def steps_for(num_examples: int, batch_size: int, local_steps: int, local_epochs: int) -> int:
@@ -108,11 +110,15 @@ def local_train(
     clip_gamma: float | None = None,
     momentum_buffers: list[torch.Tensor] | None = None,
     seed: int = 0,
+    smoothness_every: int = 0,
 ) -> LocalResult:
     """Run ``steps`` local steps on ``data`` (a client's partition) and update ``model``.
 
     ``clip_gamma`` switches on CELGC's clipped step; ``momentum_buffers`` (from the
-    previous round, on the model's device) continue the momentum instead of restarting it.
+    previous round, on the model's device) continue the momentum instead of restarting it;
+    ``smoothness_every = k > 0`` estimates the local smoothness
+    ``||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||`` on every k-th step (one extra
+    forward/backward on the same batch), the premise of relaxed smoothness.
     """
     if len(data) == 0:
         raise ValueError("This client has no training data; check the partitioning.")
@@ -133,20 +139,29 @@ def local_train(
     # that is not cut (gamma / ||g|| >= eta) do exactly the same arithmetic.
     eta = torch.tensor(lr, device=device)
     model.train()
-    for _ in range(steps):
+    smoothness = []
+    for t in range(steps):
         index = stream.next()
         loss = loss_fn(model(data.x[index]), data.y[index])
         grads = torch.autograd.grad(loss, params)
         loss_sum += loss.detach()
+        norm = global_norm(grads)
+        norm_sum += norm
         step = eta
         if clip_gamma is not None:
-            norm = global_norm(grads)
-            norm_sum += norm
             ratio = clip_gamma / norm.clamp_min(1e-12)
             clipped += (ratio < eta).float()
             step = torch.minimum(ratio, eta)
+        sample = smoothness_every > 0 and t % smoothness_every == 0
+        before = [p.detach().clone() for p in params] if sample else None
         with torch.no_grad():
             sgd_step(params, grads, buffers, step, momentum, weight_decay)
+        if sample:
+            after = torch.autograd.grad(loss_fn(model(data.x[index]), data.y[index]), params)
+            moved = global_norm(torch._foreach_sub([p.detach() for p in params], before))
+            change = global_norm(torch._foreach_sub(list(after), list(grads)))
+            if float(moved) > 0:
+                smoothness.append((float(norm), float(change / moved)))
     return LocalResult(
         loss=float(loss_sum) / steps,
         steps=steps,
@@ -155,4 +170,20 @@ def local_train(
         clipped_fraction=float(clipped) / steps,
         grad_norm=float(norm_sum) / steps,
         momentum=buffers,
+        smoothness=smoothness,
     )
+
+
+def minibatch_gradient(model: torch.nn.Module, data: Split, loss_fn, *, batch_size: int,
+                       seed: int) -> tuple[list[torch.Tensor], float]:
+    """The gradient of the loss on one mini-batch at the current model, and that loss.
+    The batch is the first one ``local_train`` would draw with the same ``seed``."""
+    if len(data) == 0:
+        raise ValueError("This client has no training data; check the partitioning.")
+    device = next(model.parameters()).device
+    data = data.to(device)
+    index = BatchStream(len(data), batch_size, seed, device).next()
+    model.train()
+    loss = loss_fn(model(data.x[index]), data.y[index])
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [g.detach() for g in torch.autograd.grad(loss, params)], float(loss)

@@ -126,11 +126,30 @@ class TrainSection:
     device: str = opt(
         "`auto` = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")
     )
+    smoothness_every: int = opt(
+        "If > 0: estimate the local smoothness ||g(x') - g(x)|| / ||x' - x|| on every k-th "
+        "local step (one extra forward/backward) and report it.",
+        ge=0,
+    )
 
 
 @dataclass
 class StrategySection:
-    name: str = opt("Server strategy.", choices=("fedavg", "gossip_pga"))
+    name: str = opt(
+        "Server strategy: FedAvg / Local SGD; clipped FedAvg (CELGC); naive parallel "
+        "clipping (gradients averaged and clipped on the server every step); Gossip-PGA.",
+        choices=("fedavg", "clipped_fedavg", "naive_clipping", "gossip_pga"),
+    )
+    weighting: str = opt(
+        "fedavg/clipped_fedavg: weight client models by their number of `examples`, or "
+        "`uniform` (CELGC's average).",
+        choices=("examples", "uniform"),
+    )
+    clip_gamma: float = opt(
+        "clipped_fedavg/naive_clipping: gamma in the step x <- x - min(eta, gamma/||g||) g; "
+        "the same as clipping g to norm c = gamma/eta, then stepping with eta = train.lr.",
+        gt=0.0,
+    )
     fraction_train: float = opt(
         "Fraction of connected nodes sampled per round.", gt=0.0, le=1.0
     )

@@ -8,17 +8,31 @@ def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes
     ``run_config`` is the resolved config as a ConfigRecord, sent along to clients;
     ``num_nodes`` (the graph size) and ``evaluate_nodes`` are for gossip_pga."""
     s = cfg.strategy
+    sampling = {
+        "weighting": s.weighting,
+        "fraction_train": s.fraction_train,
+        "fraction_evaluate": s.fraction_evaluate,
+        "min_train_nodes": s.min_train_nodes,
+        "min_evaluate_nodes": s.min_train_nodes if s.fraction_evaluate > 0 else 0,
+        "min_available_nodes": s.min_available_nodes,
+    }
+    t = cfg.train
     if s.name == "fedavg":
         from strategies.fedavg import FedAvg
 
-        return FedAvg(
-            run_config,
-            fraction_train=s.fraction_train,
-            fraction_evaluate=s.fraction_evaluate,
-            min_train_nodes=s.min_train_nodes,
-            min_evaluate_nodes=s.min_train_nodes if s.fraction_evaluate > 0 else 0,
-            min_available_nodes=s.min_available_nodes,
-        )
+        return FedAvg(run_config, **sampling)
+    if s.name == "clipped_fedavg":
+        from strategies.clipped import ClippedFedAvg
+
+        if t.local_epochs > 0:
+            raise ValueError("clipped_fedavg counts I in steps: set train.local_steps, not local_epochs.")
+        return ClippedFedAvg(run_config, lr=t.lr, clip_gamma=s.clip_gamma,
+                             local_steps=t.local_steps, **sampling)
+    if s.name == "naive_clipping":
+        from strategies.clipped import NaiveClipping
+
+        return NaiveClipping(run_config, lr=t.lr, clip_gamma=s.clip_gamma, momentum=t.momentum,
+                             weight_decay=t.weight_decay, **sampling)
     if s.name == "gossip_pga":
         from strategies.gossip import GossipPGA
         from strategies.schedule import AveragingSchedule

@@ -31,11 +31,16 @@ def as_numpy(record: ArrayRecord) -> dict:
 
 
 class FedAvg(FlowerFedAvg):
-    def __init__(self, run_config: ConfigRecord, **kwargs) -> None:
-        super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG, **kwargs)
+    def __init__(self, run_config: ConfigRecord, weighting: str = "examples", **kwargs) -> None:
+        if weighting not in ("examples", "uniform"):
+            raise ValueError(f"weighting must be 'examples' or 'uniform', not {weighting!r}.")
+        weight_key = P.NUM_EXAMPLES if weighting == "examples" else P.UNIT_WEIGHT
+        super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
+                         weighted_by_key=weight_key, **kwargs)
         self.run_config = run_config
         self.expected_shapes: dict[str, tuple[int, ...]] = {}
         self.bytes_sent = 0
+        self.bytes_total = 0  # sent + received, all rounds so far
         self.round_metrics: dict[int, dict] = {}  # what aggregate_train returned, by round
 
     def configure_train(
@@ -82,9 +87,15 @@ class FedAvg(FlowerFedAvg):
         kept, rejected = self.sound_replies(replies)
         arrays, metrics = super().aggregate_train(server_round, kept)
         metrics = metrics if metrics is not None else MetricRecord()
-        metrics["bytes-sent"] = self.bytes_sent
-        metrics["bytes-received"] = received
+        metrics.pop(P.UNIT_WEIGHT, None)
+        metrics.update(self.comm_metrics(server_round, received))
         metrics["num-replies"] = sum(1 for r in kept if not r.has_error())
         metrics["num-failures"] = sum(1 for r in replies if r.has_error()) + rejected
         self.round_metrics[server_round] = dict(metrics)
         return arrays, metrics
+
+    def comm_metrics(self, server_round: int, received: int) -> dict[str, int]:
+        """Payload bytes of this round and so far; one round = one communication round."""
+        self.bytes_total += self.bytes_sent + received
+        return {"bytes-sent": self.bytes_sent, "bytes-received": received,
+                "bytes-total": self.bytes_total, "comm-rounds": server_round}
