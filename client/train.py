@@ -186,4 +186,4 @@ def minibatch_gradient(model: torch.nn.Module, data: Split, loss_fn, *, batch_si
     model.train()
     loss = loss_fn(model(data.x[index]), data.y[index])
     params = [p for p in model.parameters() if p.requires_grad]
-    return [g.detach() for g in torch.autograd.grad(loss, params)], float(loss)
+    return [g.detach() for g in torch.autograd.grad(loss, params)], float(loss.detach())

@@ -85,10 +85,14 @@ def test_bad_replies_never_enter_the_average(flower_identity, caplog, bad, reaso
     assert f"Rejected the reply of node {node}: " in caplog.text and reason in caplog.text
 
 
-def client_round(cfg, message, partition_id, num_partitions):
-    context = Context(run_id=1, node_id=partition_id + 100, state=RecordDict(), run_config={},
-                      node_config={P.PARTITION_ID: partition_id, P.NUM_PARTITIONS: num_partitions})
-    return client_app.train(message, context)
+def client_context(partition_id, num_partitions):
+    return Context(run_id=1, node_id=partition_id + 100, state=RecordDict(), run_config={},
+                   node_config={P.PARTITION_ID: partition_id, P.NUM_PARTITIONS: num_partitions})
+
+
+def client_round(cfg, message, partition_id, num_partitions, context=None):
+    """The real ClientApp handler; pass the same ``context`` across rounds to keep state."""
+    return client_app.train(message, context or client_context(partition_id, num_partitions))
 
 
 def test_one_full_batch_step_on_iid_partitions_equals_centralized_gd(flower_identity):
