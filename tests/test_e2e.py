@@ -76,3 +76,23 @@ def test_gossip_pga_in_flower_matches_the_reference_simulator(sim, tmp_path):
     assert records[0]["beta"] == pytest.approx(0.8047, abs=1e-4)
     for ours, theirs in zip(records, reference.records, strict=True):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{"strategy.name": "clipped_fedavg"}, {"strategy.name": "naive_clipping"},
+     {"run.preset": "celgc_i1"}, {"run.preset": "unclipped_local_sgd"}],
+    ids=["clipped_fedavg", "naive_clipping", "celgc_i1", "unclipped_local_sgd"],
+)
+def test_clipping_modes_run_on_shakespeare(sim, tmp_path, shakespeare_path, mode):
+    overrides = {"task.name": "shakespeare", "data.path": shakespeare_path, "data.seq_len": 20,
+                 "data.max_train": 800, "model.width": 32, "train.local_steps": 3,
+                 "train.smoothness_every": 2, "run.rounds": 2, "run.output_dir": str(tmp_path),
+                 "run.name": "run", **mode}
+    status, output = sim.run(overrides, num_supernodes=4)
+    assert status == "finished:completed", output[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2] and records[1]["comm_rounds"] == 2
+    assert all(r["test_perplexity"] > 1 and r["grad_norm"] > 0 for r in records)
+    assert records[1]["bytes_total"] == sum(r["bytes_sent"] + r["bytes_received"] for r in records)
+    assert all(0.0 <= r["clip_fraction"] <= 1.0 for r in records)
