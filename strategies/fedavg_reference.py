@@ -26,10 +26,7 @@ def simulate(cfg, num_clients: int, rounds: int | None = None, evaluate_every: i
     Returns the records and the final global ``state_dict``."""
     s, t = cfg.strategy, cfg.train
     rounds = cfg.run.rounds if rounds is None else rounds
-    data = tasks.load_task(cfg)
-    loss_fn = tasks.make_loss(cfg, data)
-    splits = [tasks.client_split(cfg, i, num_clients) for i in range(num_clients)]
-    model = tasks.make_model(cfg, data)
+    data, loss_fn, splits, model = tasks.federation(cfg, num_clients)
     params = [p for p in model.parameters() if p.requires_grad]
     weights = np.ones(num_clients) if s.weighting == "uniform" else np.array([len(x) for x in splits], float)
     weights = torch.tensor(weights / weights.sum(), dtype=torch.float32)

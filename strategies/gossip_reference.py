@@ -49,10 +49,7 @@ def simulate(cfg, num_nodes: int, iterations: int | None = None, evaluate_every:
     """
     s, t = cfg.strategy, cfg.train
     iterations = cfg.run.rounds if iterations is None else iterations
-    data = tasks.load_task(cfg)
-    loss_fn = tasks.make_loss(cfg, data)
-    splits = [tasks.client_split(cfg, i, num_nodes) for i in range(num_nodes)]
-    model = tasks.make_model(cfg, data)
+    data, loss_fn, splits, model = tasks.federation(cfg, num_nodes)
     x0 = _vector(model)
     X = np.tile(x0, (num_nodes, 1))
     mixing = build_topology(s.topology, num_nodes, seed=cfg.run.seed, p=s.edge_probability)

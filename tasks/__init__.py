@@ -17,7 +17,8 @@ from tasks.models import build_model
 from tasks.partition import partition_indices
 
 __all__ = [
-    "Split", "TaskData", "client_split", "evaluate", "load_task", "make_loss", "make_model",
+    "Split", "TaskData", "client_split", "evaluate", "federation", "load_task", "make_loss",
+    "make_model",
     "model_name", "pick_device",
 ]
 
@@ -94,6 +95,14 @@ def client_split(cfg, partition_id: int, num_partitions: int) -> Split:
     d = cfg.data
     partition = (d.partition, d.alpha, d.classes_per_client, d.min_partition_size, cfg.run.seed)
     return _client_split(_data_key(cfg), partition, num_partitions, partition_id)
+
+
+def federation(cfg, num_clients: int):
+    """Everything a one-process simulation of ``num_clients`` needs: the task data, the
+    loss, every client's split and a fresh model (as a ClientApp would build them)."""
+    data = load_task(cfg)
+    splits = [client_split(cfg, i, num_clients) for i in range(num_clients)]
+    return data, make_loss(cfg, data), splits, make_model(cfg, data)
 
 
 def model_name(cfg) -> str:
