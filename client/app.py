@@ -111,7 +111,7 @@ def _train(cfg, msg, context, split, model, loss_fn, seed):
         model, split, loss_fn, steps=steps, batch_size=t.batch_size,
         lr=float(config.get(P.LR, t.lr)), momentum=t.momentum, weight_decay=t.weight_decay,
         clip_gamma=None if gamma is None else float(gamma), momentum_buffers=buffers, seed=seed,
-        smoothness_every=t.smoothness_every,
+        smoothness_every=t.smoothness_every, drift_every=t.drift_every,
     )
     if t.persist_optimizer_state and result.momentum:
         context.state[P.STATE_MOMENTUM] = ArrayRecord(
@@ -123,6 +123,8 @@ def _train(cfg, msg, context, split, model, loss_fn, seed):
         pairs = result.smoothness or [(0.0, 0.0)]
         metrics[P.SMOOTHNESS] = sum(s for _, s in pairs) / len(pairs)
         metrics[P.SMOOTHNESS_GRAD_NORM] = sum(g for g, _ in pairs) / len(pairs)
+    if t.drift_every > 0:
+        metrics[P.GRADIENT_DRIFT] = metrics[P.GRADIENT_DRIFT_MAX] = result.drift
     return ArrayRecord(model.state_dict()), metrics
 
 

@@ -34,6 +34,8 @@ CLIP_FRACTION = "clip-fraction"
 GRAD_NORM = "grad-norm"
 SMOOTHNESS = "smoothness"  # mean local smoothness estimate over sampled steps
 SMOOTHNESS_GRAD_NORM = "smoothness-grad-norm"  # mean ||g|| at those steps
+GRADIENT_DRIFT = "gradient-drift"  # max_t ||grad F_k(x_t) - grad F_k(x_0)|| / ||grad F_k(x_0)||
+GRADIENT_DRIFT_MAX = "gradient-drift-max"  # the same value; the server takes its max, not mean
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 

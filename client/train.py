@@ -11,7 +11,13 @@ local gradient clipping of CELGC, Liu, Zhuang, Lei, Liao, NeurIPS 2022)::
     x     = x - eta_t * d
 
 Clipping with ``gamma`` is the same as clipping g to norm ``c = gamma / eta`` and then
-stepping with ``eta`` (when momentum = wd = 0). Mini-batches are drawn without
+stepping with ``eta`` (when momentum = wd = 0). With ``drift_every = k > 0`` the loop also
+measures Local SGD's gradient drift (Deng, Kamani, Mahdavi, AISTATS 2022)::
+
+    drift = max_{t < steps, k | t} ||grad F(x_t) - grad F(x_0)|| / ||grad F(x_0)||
+
+with F the mean loss over the client's whole data and x_0 the received (global) model.
+Mini-batches are drawn without
 replacement from a permutation of the client's data, reshuffled every pass, all from one
 seeded generator: the same seed gives the same batches.
 """
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 
 from tasks.base import Split
+from tasks.diagnostics import drift, full_gradient
 
 
 @dataclass
@@ -41,6 +48,7 @@ class LocalResult:
     momentum: list[torch.Tensor] = field(default_factory=list)  # buffers after the last step
     # sampled steps: (||g(x_t)||, ||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||), same batch
     smoothness: list[tuple[float, float]] = field(default_factory=list)
+    drift: float | None = None  # max relative gradient drift (drift_every > 0), else None
 
 
 def steps_for(num_examples: int, batch_size: int, local_steps: int, local_epochs: int) -> int:
@@ -111,6 +119,7 @@ def local_train(
     momentum_buffers: list[torch.Tensor] | None = None,
     seed: int = 0,
     smoothness_every: int = 0,
+    drift_every: int = 0,
 ) -> LocalResult:
     """Run ``steps`` local steps on ``data`` (a client's partition) and update ``model``.
 
@@ -118,12 +127,16 @@ def local_train(
     previous round, on the model's device) continue the momentum instead of restarting it;
     ``smoothness_every = k > 0`` estimates the local smoothness
     ``||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||`` on every k-th step (one extra
-    forward/backward on the same batch), the premise of relaxed smoothness.
+    forward/backward on the same batch), the premise of relaxed smoothness;
+    ``drift_every = k > 0`` measures the gradient drift (module docstring) on every k-th
+    step: one full-data gradient per measured step, free when a batch is the whole data.
     """
     if len(data) == 0:
         raise ValueError("This client has no training data; check the partitioning.")
     if clip_gamma is not None and clip_gamma <= 0:
         raise ValueError(f"clip_gamma must be > 0, got {clip_gamma}.")
+    if drift_every < 0:
+        raise ValueError(f"drift_every must be >= 0, got {drift_every}.")
     start = time.perf_counter()
     device = next(model.parameters()).device
     data = data.to(device)
@@ -140,10 +153,20 @@ def local_train(
     eta = torch.tensor(lr, device=device)
     model.train()
     smoothness = []
+    # Full-batch steps already compute grad F (the batch is a permutation of the data).
+    full_batch = stream.batch_size == len(data)
+    reference = full_gradient(model, data, loss_fn) if drift_every > 0 and not full_batch else None
+    worst_drift = 0.0
     for t in range(steps):
         index = stream.next()
         loss = loss_fn(model(data.x[index]), data.y[index])
         grads = torch.autograd.grad(loss, params)
+        if drift_every > 0:
+            if t == 0 and full_batch:
+                reference = [g.detach() for g in grads]
+            elif t > 0 and t % drift_every == 0:
+                now = grads if full_batch else full_gradient(model, data, loss_fn)
+                worst_drift = max(worst_drift, drift(now, reference))
         loss_sum += loss.detach()
         norm = global_norm(grads)
         norm_sum += norm
@@ -171,6 +194,7 @@ def local_train(
         grad_norm=float(norm_sum) / steps,
         momentum=buffers,
         smoothness=smoothness,
+        drift=worst_drift if drift_every > 0 else None,
     )
 
 

@@ -37,6 +37,15 @@ class RunSection:
         "strategy defaults; `none` = no preset.",
     )
     save_model: bool = opt("Write the final global model to `model.pt`.")
+    diagnostics: bool = opt(
+        "Record the lazy-regime diagnostics of the global model every round: relative "
+        "weight change from the initial model (total and per weight matrix), numerical rank "
+        "of each weight matrix, ReLU activation flips on the probe set (mlp) and the loss on "
+        "the whole training pool.",
+    )
+    probe_examples: int = opt(
+        "Diagnostics: the first N training inputs on which activation flips are counted.", ge=1
+    )
 
 
 @dataclass
@@ -129,6 +138,12 @@ class TrainSection:
     smoothness_every: int = opt(
         "If > 0: estimate the local smoothness ||g(x') - g(x)|| / ||x' - x|| on every k-th "
         "local step (one extra forward/backward) and report it.",
+        ge=0,
+    )
+    drift_every: int = opt(
+        "If > 0: measure the gradient drift max_t ||grad F_k(x_t) - grad F_k(x_0)|| / "
+        "||grad F_k(x_0)|| on every k-th local step (F_k = the client's whole data; one extra "
+        "full-data gradient per measured step unless batches are the whole data) and report it.",
         ge=0,
     )
 

@@ -6,6 +6,12 @@ runs (same partition, same batch seed ``round_seed(run.seed, i, round)``, moment
 per client when configured) from the global model, and the models are averaged uniformly
 or by examples. ``naive_clipping`` instead averages one mini-batch gradient per client and
 takes the clipped step on the server with the same ``sgd_step``.
+
+Diagnostics, as in the ServerApp's records: ``train.drift_every > 0`` adds
+``gradient_drift`` (example-weighted mean over clients of each client's max-over-steps
+drift, what Flower's aggregation gives) and ``gradient_drift_max`` (max over clients);
+``run.diagnostics`` adds ``tasks.diagnostics.Tracker``'s measures of the global model and
+``global_train_loss`` (its loss on the whole training pool) after every round.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 
 import tasks
 from client.train import global_norm, local_train, minibatch_gradient, round_seed, sgd_step, steps_for
+from tasks.diagnostics import Tracker
 
 
 def simulate(cfg, num_clients: int, rounds: int | None = None, evaluate_every: int = 0,
@@ -33,10 +40,11 @@ def simulate(cfg, num_clients: int, rounds: int | None = None, evaluate_every: i
     clip = s.clip_gamma if s.name in ("clipped_fedavg", "naive_clipping") else None
     client_buffers: list[list[torch.Tensor] | None] = [None] * num_clients
     server_buffers: list[torch.Tensor] = []
+    tracker = Tracker(model, data.train.x[: cfg.run.probe_examples]) if cfg.run.diagnostics else None
     records = []
     for r in range(1, rounds + 1):
         start = [p.detach().clone() for p in params]
-        losses, norms, clipped, updates = [], [], [], []
+        losses, norms, clipped, updates, drifts = [], [], [], [], []
         for i in range(num_clients):
             seed = round_seed(cfg.run.seed, i, r)
             with torch.no_grad():
@@ -54,9 +62,10 @@ def simulate(cfg, num_clients: int, rounds: int | None = None, evaluate_every: i
                 batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                 clip_gamma=clip,
                 momentum_buffers=client_buffers[i] if t.persist_optimizer_state else None,
-                seed=seed,
+                seed=seed, drift_every=t.drift_every,
             )
             client_buffers[i] = result.momentum
+            drifts.append(result.drift)
             losses.append(result.loss)
             norms.append(result.grad_norm)
             clipped.append(result.clipped_fraction)
@@ -76,6 +85,13 @@ def simulate(cfg, num_clients: int, rounds: int | None = None, evaluate_every: i
                 for p, x in zip(params, mean, strict=True):
                     p.copy_(x)
                 record.update(grad_norm=float(np.mean(norms)), clip_fraction=float(np.mean(clipped)))
+                if t.drift_every > 0:
+                    record.update(gradient_drift=float(np.dot(weights.numpy(), drifts)),
+                                  gradient_drift_max=max(drifts))
+        if tracker is not None:
+            record.update(tracker.measure(model))
+            record["global_train_loss"] = tasks.evaluate(model, data.train, loss_fn, data.kind,
+                                                         cfg.eval.batch_size)["loss"]
         if evaluate_every and (r % evaluate_every == 0 or r == rounds):
             test = tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size)
             record.update({f"test_{k}": v for k, v in test.items()})
