@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 import tasks
-from client import protocol as P
 from conf import load_config, to_flat
 from server.results import RunFolder
 from strategies import build_strategy
@@ -60,21 +59,6 @@ def progress_line(record: dict, rounds: int) -> str:
     return " | ".join(parts)
 
 
-def with_max(aggregate, keys: tuple[str, ...]):
-    """A train-metrics aggregation that keeps ``aggregate``'s (weighted mean) for every key
-    but takes the max over the replies for ``keys`` (e.g. the worst client's drift)."""
-
-    def aggregate_with_max(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-        metrics = aggregate(contents, weight_key)
-        for key in keys:
-            values = [float(r[P.METRICS][key]) for r in contents if key in r[P.METRICS]]
-            if values:
-                metrics[key] = max(values)
-        return metrics
-
-    return aggregate_with_max
-
-
 def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[str, float]:
     """``run.diagnostics``: the tracker's measures plus the loss on the whole training
     pool (the objective F(x_bar) the clients jointly minimise); nothing when off."""
@@ -107,8 +91,6 @@ def main(grid: Grid, context: Context) -> None:
             return {f"test-{key}": sum(r[key] for r in results) / len(results) for key in results[0]}
 
     strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes, evaluate_nodes)
-    if cfg.train.drift_every > 0 and hasattr(strategy, "train_metrics_aggr_fn"):
-        strategy.train_metrics_aggr_fn = with_max(strategy.train_metrics_aggr_fn, (P.GRADIENT_DRIFT_MAX,))
     tracker = None
     if cfg.run.diagnostics:
         tracker = Tracker(model, data.train.x[: cfg.run.probe_examples])

@@ -17,17 +17,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from client import protocol as P
 from strategies.replies import reply_problem, shapes_of
 
 
+def with_max(aggregate, keys: tuple[str, ...]):
+    """A train-metrics aggregation that keeps ``aggregate``'s (weighted mean) for every key
+    but takes the max over the replies for ``keys`` (e.g. the worst client's drift)."""
+
+    def aggregate_with_max(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+        metrics = aggregate(contents, weight_key)
+        for key in keys:
+            values = [float(r[P.METRICS][key]) for r in contents if key in r[P.METRICS]]
+            if values:
+                metrics[key] = max(values)
+        return metrics
+
+    return aggregate_with_max
+
+
 def as_numpy(record: ArrayRecord) -> dict:
     return {name: array.numpy() for name, array in record.items()}
+
+
+MAX_KEYS = (P.GRADIENT_DRIFT_MAX,)  # reply metrics aggregated by max, not weighted mean
 
 
 class FedAvg(FlowerFedAvg):
@@ -36,7 +55,9 @@ class FedAvg(FlowerFedAvg):
             raise ValueError(f"weighting must be 'examples' or 'uniform', not {weighting!r}.")
         weight_key = P.NUM_EXAMPLES if weighting == "examples" else P.UNIT_WEIGHT
         super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
-                         weighted_by_key=weight_key, **kwargs)
+                         weighted_by_key=weight_key,
+                         train_metrics_aggr_fn=with_max(aggregate_metricrecords, MAX_KEYS),
+                         **kwargs)
         self.run_config = run_config
         self.expected_shapes: dict[str, tuple[int, ...]] = {}
         self.bytes_sent = 0

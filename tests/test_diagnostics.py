@@ -14,7 +14,7 @@ from client import app as client_app
 from client import protocol as P
 from client.train import local_train
 from conf import load_config
-from server.app import diagnostics_of, with_max
+from server.app import diagnostics_of
 from server.results import METRICS_FILE, RunFolder
 from strategies.fedavg_reference import simulate
 from tasks.base import Split
@@ -173,7 +173,6 @@ def test_client_reply_carries_drift_only_when_on(flower_identity):
 def test_server_takes_the_max_of_drift_max_and_the_weighted_mean_of_the_rest(flower_identity):
     cfg = load_config({**TEACHER, "train.drift_every": 1})
     strategy, messages = setup_round(cfg, {"w": torch.zeros(2)}, [1, 2])
-    strategy.train_metrics_aggr_fn = with_max(strategy.train_metrics_aggr_fn, (P.GRADIENT_DRIFT_MAX,))
     replies = []
     for message, examples, value in zip(messages, (30, 10), (0.2, 0.6), strict=True):
         reply = reply_to(message, {"w": torch.ones(2)}, examples)
