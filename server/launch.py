@@ -1,4 +1,4 @@
-"""Run the app in Flower's simulation engine on a SuperLink of its own, then stop it.
+"""Run the app on a Flower runtime of its own, simulated or deployed, then stop it.
 
 ``flwr run .`` alone talks to a shared local SuperLink that outlives the command and, by
 default, installs the app's dependencies into a fresh environment on every run. This
@@ -9,7 +9,9 @@ runs ``flwr run <app> --stream``, checks the run's final status (``--stream`` ca
 
     python -m server.launch --num-supernodes 10 --run-config "run.rounds=5 train.lr=0.1"
 
-Tests use ``LocalSimulation`` directly.
+With ``--deployment`` it starts a SuperLink and N SuperNodes as separate OS processes
+talking gRPC on loopback instead (Flower's Deployment Engine), and stops them all on exit
+or Ctrl-C. Tests use ``LocalSimulation`` and ``LocalDeployment`` directly.
 """
 
 from __future__ import annotations
@@ -48,15 +50,39 @@ def toml_value(value) -> str:
     return repr(value)
 
 
-class LocalSimulation:
-    """A private simulation SuperLink: ``with LocalSimulation() as sim: sim.run(...)``."""
+def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    """Start a Flower process in its own process group, output to ``log_path``."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _kill_group(process: subprocess.Popen | None) -> None:
+    """SIGTERM the process's whole group (it and what it started), SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+class _LocalFlower:
+    """A private SuperLink under its own FLWR_HOME; subclasses say how it runs apps."""
+
+    superlink_flags: tuple[str, ...] = ()
 
     def __init__(self, flwr_home: str | Path | None = None, startup_timeout: float = 60.0):
         self._tmp = None if flwr_home else tempfile.TemporaryDirectory(prefix="fedlocal-flwr-")
         self.home = Path(flwr_home or self._tmp.name)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
-        self.port = free_port()
+        self.port, self.fleet_port = free_port(), free_port()
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
@@ -70,52 +96,53 @@ class LocalSimulation:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
-        log = open(self.home / "superlink.log", "w")
-        self.process = subprocess.Popen(
-            ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        self.process = _start(
+            ["flower-superlink", "--insecure", *self.superlink_flags, "--isolation", "subprocess",
              "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-             "--port", str(self.port), "--fleet-api-address", f"127.0.0.1:{free_port()}"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+             "--port", str(self.port), "--fleet-api-address", f"127.0.0.1:{self.fleet_port}"],
+            self.env, self.home / "superlink.log",
         )
+        try:
+            self._wait_for_port(self.port, self.process, "flower-superlink")
+            self.start_nodes()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_port(self, port: int, process: subprocess.Popen, name: str) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"flower-superlink exited; see {self.home / 'superlink.log'}")
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited; see the logs in {self.home}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
             except OSError:
                 time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"flower-superlink did not start within {self.startup_timeout:.0f} s")
+        raise RuntimeError(f"{name} did not start within {self.startup_timeout:.0f} s")
+
+    def start_nodes(self) -> None:
+        """Start the SuperNodes, if this runtime has separate ones."""
+
+    def stop_nodes(self) -> None:
+        """Stop the SuperNodes (before the SuperLink, which they would keep retrying)."""
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
     def stop(self) -> None:
-        """Kill the SuperLink and everything it started (its own process group)."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=10)
+        """Kill every process this object started, SuperNodes first."""
+        self.stop_nodes()
+        _kill_group(self.process)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
-    def run(self, run_config: dict | None = None, num_supernodes: int = 10,
-            cpus_per_client: int = 1, timeout: float = 1800, echo: bool = False):
+    def run_flwr(self, extra: list[str], run_config: dict | None, timeout: float, echo: bool):
         """``flwr run`` the app; returns ``(status, output)``, status e.g.
         ``finished:completed`` or ``finished:failed``."""
-        cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream",
-               "--federation-config",
-               f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
+        cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream", *extra]
         if run_config:
             cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
@@ -136,6 +163,55 @@ class LocalSimulation:
             return "not-started", output
         return self.status(match.group(1)), output
 
+class LocalSimulation(_LocalFlower):
+    """A private simulation SuperLink: ``with LocalSimulation() as sim: sim.run(...)``."""
+
+    superlink_flags = ("--simulation",)
+
+    def run(self, run_config: dict | None = None, num_supernodes: int = 10,
+            cpus_per_client: int = 1, timeout: float = 1800, echo: bool = False):
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+        return self.run_flwr(["--federation-config", federation], run_config, timeout, echo)
+
+
+class LocalDeployment(_LocalFlower):
+    """A SuperLink and ``num_supernodes`` SuperNodes, each its own OS process, talking
+    gRPC (grpc-rere Fleet API) on loopback; SuperNode i gets
+    ``--node-config "partition-id=i num-partitions=N"``. Every ClientApp message runs in a
+    fresh process that each SuperNode starts (Flower's subprocess isolation)."""
+
+    superlink_flags = ("--fleet-api-type", "grpc-rere")
+
+    def __init__(self, num_supernodes: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_supernodes = num_supernodes
+        self.nodes: list[subprocess.Popen] = []
+
+    def start_nodes(self) -> None:
+        self._wait_for_port(self.fleet_port, self.process, "the SuperLink's Fleet API")
+        n = self.num_supernodes
+        for i in range(n):
+            node_port = free_port()
+            self.nodes.append(_start(
+                ["flower-supernode", "--insecure", "--grpc-rere",
+                 "--superlink", f"127.0.0.1:{self.fleet_port}", "--isolation", "subprocess",
+                 "--port", str(node_port), "--max-retries", "5", "--max-wait-time", "30",
+                 "--node-config", f"partition-id={i} num-partitions={n}"],
+                self.env, self.home / f"supernode-{i}.log",
+            ))
+            self._wait_for_port(node_port, self.nodes[-1], f"SuperNode {i}")
+
+    def stop_nodes(self) -> None:
+        for node in self.nodes:
+            _kill_group(node)
+        self.nodes = []
+
+    def run(self, run_config: dict | None = None, timeout: float = 1800, echo: bool = False):
+        """Runs wait for all N SuperNodes (``strategy.min_available_nodes = N`` unless the
+        run config sets it)."""
+        run_config = {"strategy.min_available_nodes": self.num_supernodes, **(run_config or {})}
+        return self.run_flwr([], run_config, timeout, echo)
+
     def status(self, run_id: str) -> str:
         result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=self.env,
                                 capture_output=True, text=True, timeout=60, check=False)
@@ -148,14 +224,20 @@ class LocalSimulation:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deployment", action="store_true",
+                        help="separate SuperNode processes over gRPC instead of the simulation engine")
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--cpus-per-client", type=int, default=1)
     parser.add_argument("--run-config", default="", help="e.g. \"run.rounds=5 task.name='fmnist'\"")
     parser.add_argument("--flwr-home", default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
-    with LocalSimulation(args.flwr_home) as sim:
-        status, _ = sim.run(parse_run_config(args.run_config), args.num_supernodes,
-                            args.cpus_per_client, echo=True)
+    overrides = parse_run_config(args.run_config)
+    if args.deployment:
+        with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home) as deployment:
+            status, _ = deployment.run(overrides, echo=True)
+    else:
+        with LocalSimulation(args.flwr_home) as sim:
+            status, _ = sim.run(overrides, args.num_supernodes, args.cpus_per_client, echo=True)
     print(f"run status: {status}")
     return 0 if status == "finished:completed" else 1
 
