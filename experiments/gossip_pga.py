@@ -55,8 +55,18 @@ def run_one(job: tuple) -> dict:
     cfg = load_config({**BASE, **overrides, "run.seed": seed})
     start = time.perf_counter()
     run = simulate(cfg, NODES, iterations, evaluate_every=every)
-    return {"label": label, "topology": topology, "seed": seed, "overrides": overrides,
-            "seconds": time.perf_counter() - start, "records": run.records}
+    return compact({"label": label, "topology": topology, "seed": seed, "overrides": overrides,
+                    "seconds": time.perf_counter() - start, "records": run.records})
+
+
+def compact(result: dict) -> dict:
+    """Keep the evaluated records whole; of the others only the per-iteration series the
+    figures and the table need (a run's full records are ~100 KB of JSON)."""
+    records = result.pop("records")
+    result["records"] = [r for r in records if "xbar_train_loss" in r]
+    for key in ("consensus_distance", "global_average", "modelled_bytes_per_node", "modelled_hops"):
+        result[key] = [round(r[key], 7) for r in records]
+    return result
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -64,14 +74,13 @@ def summarise(results: list[dict]) -> list[dict]:
     for result in results:
         key = (result["topology"], result["label"])
         last = result["records"][-1]
-        rec = result["records"]
         rows.setdefault(key, []).append({
             "xbar_train_loss": last["xbar_train_loss"],
             "test_accuracy": last["test_accuracy"],
-            "consensus": float(np.mean([r["consensus_distance"] for r in rec])),
-            "globals": sum(r["global_average"] for r in rec),
-            "bytes": float(np.mean([r["modelled_bytes_per_node"] for r in rec])),
-            "hops": float(np.mean([r["modelled_hops"] for r in rec])),
+            "consensus": float(np.mean(result["consensus_distance"])),
+            "globals": sum(result["global_average"]),
+            "bytes": float(np.mean(result["modelled_bytes_per_node"])),
+            "hops": float(np.mean(result["modelled_hops"])),
         })
     table = []
     for (topology, label), runs in rows.items():
@@ -112,10 +121,9 @@ def figures(results: list[dict], out: Path, periods: list[int]) -> list[Path]:
                         and r["topology"] in (topology, "any")]
                 if not runs:
                     continue
-                evals = [[x for x in r["records"] if "xbar_train_loss" in x] for r in runs]
-                xs = [x["iteration"] for x in evals[0]]
-                loss = np.mean([[x["xbar_train_loss"] for x in e] for e in evals], axis=0)
-                cons = np.mean([[x["consensus_distance"] for x in r["records"]] for r in runs], axis=0)
+                xs = [x["iteration"] for x in runs[0]["records"]]
+                loss = np.mean([[x["xbar_train_loss"] for x in r["records"]] for r in runs], axis=0)
+                cons = np.mean([r["consensus_distance"] for r in runs], axis=0)
                 axes[0, col].plot(xs, loss, label=label)
                 axes[1, col].plot(np.arange(1, len(cons) + 1), cons, label=label, linewidth=0.8)
             axes[0, col].set(title=f"{topology}, H = {H}: training loss of x̄", yscale="log",
