@@ -9,7 +9,7 @@ model and evaluation from ``tasks``; the run folder from ``server.results``.
 from __future__ import annotations
 
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
@@ -108,14 +108,19 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "fedlocal: %s", progress_line(record, cfg.run.rounds))
         return MetricRecord({**test, **diagnostics})
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.run.rounds,
-        timeout=cfg.strategy.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_fn=central_evaluate,
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.run.rounds,
+            timeout=cfg.strategy.round_timeout,
+            train_config=ConfigRecord(),
+            evaluate_fn=central_evaluate,
+        )
+    except Exception as err:  # keep what the run produced, say why it stopped
+        folder.finish(None, error=f"{type(err).__name__}: {err}")
+        log(ERROR, "fedlocal: the run stopped: %s; records so far in %s", err, folder.path)
+        raise
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
     if hasattr(strategy, "node_state"):
         folder.save_node_models({i: r.to_torch_state_dict() for i, r in strategy.node_state().items()})

@@ -79,8 +79,9 @@ class RunFolder:
 
         torch.save(states, self.path / NODE_MODELS_FILE)
 
-    def finish(self, state_dict: dict | None) -> dict:
-        """Write summary.json (and model.pt) and return the summary."""
+    def finish(self, state_dict: dict | None, error: str | None = None) -> dict:
+        """Write summary.json (and model.pt) and return the summary; ``error`` says why a
+        run stopped early."""
         import torch  # here, so that plotting (which reads this module) starts fast
 
         if state_dict is not None and self.cfg.run.save_model:
@@ -89,6 +90,8 @@ class RunFolder:
         accuracies = [r["test_accuracy"] for r in self.records if r.get("test_accuracy") is not None]
         summary = {
             "run_dir": str(self.path),
+            "status": "failed" if error else "completed",
+            "error": error,
             "task": self.cfg.task.name,
             "strategy": self.cfg.strategy.name,
             "rounds": len(self.records),
