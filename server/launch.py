@@ -163,6 +163,16 @@ class _LocalFlower:
             return "not-started", output
         return self.status(match.group(1)), output
 
+    def status(self, run_id: str) -> str:
+        result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=self.env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        try:
+            runs = json.loads(result.stdout)["runs"]
+        except (json.JSONDecodeError, KeyError):
+            return "unknown"
+        return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
+
+
 class LocalSimulation(_LocalFlower):
     """A private simulation SuperLink: ``with LocalSimulation() as sim: sim.run(...)``."""
 
@@ -212,14 +222,6 @@ class LocalDeployment(_LocalFlower):
         run_config = {"strategy.min_available_nodes": self.num_supernodes, **(run_config or {})}
         return self.run_flwr([], run_config, timeout, echo)
 
-    def status(self, run_id: str) -> str:
-        result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=self.env,
-                                capture_output=True, text=True, timeout=60, check=False)
-        try:
-            runs = json.loads(result.stdout)["runs"]
-        except (json.JSONDecodeError, KeyError):
-            return "unknown"
-        return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
 
 
 def main(argv=None) -> int:
