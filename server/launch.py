@@ -51,10 +51,13 @@ def toml_value(value) -> str:
 
 
 def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    """Start a Flower process in its own process group, output to ``log_path``."""
+    """Start a Flower process in its own process group, output to ``log_path``. Its
+    working directory is the app folder: Ray's simulation workers put the SuperLink's
+    working directory first on sys.path, so started elsewhere they could import
+    ``client``/``tasks`` from there instead of the app that ``flwr run`` bundled."""
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, cwd=APP_DIR)
 
 
 def _kill_group(process: subprocess.Popen | None) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData
 from tasks.models import build_model
-from tasks.partition import partition_indices
+from tasks.partition import partition_all
 
 __all__ = [
     "Split", "TaskData", "client_split", "evaluate", "federation", "load_task", "make_loss",
@@ -79,15 +79,22 @@ def load_task(cfg) -> TaskData:
     return _load(_data_key(cfg))
 
 
-@lru_cache(maxsize=64)
-def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int) -> Split:
+@lru_cache(maxsize=4)
+def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
+    """Every client's indices, computed once per process (a worker serves many clients)."""
     data = _load(key)
     scheme, alpha, classes, min_size, seed = partition
-    index = partition_indices(
-        scheme, num_partitions, partition_id, data.labels, data.groups, alpha=alpha,
-        classes_per_client=classes, min_partition_size=min_size, seed=seed,
-    )
-    return data.train.subset(index)
+    return partition_all(scheme, num_partitions, data.labels, data.groups, alpha=alpha,
+                         classes_per_client=classes, min_partition_size=min_size, seed=seed)
+
+
+@lru_cache(maxsize=64)
+def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int) -> Split:
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
+        )
+    return _load(key).train.subset(_partitions(key, partition, num_partitions)[partition_id])
 
 
 def client_split(cfg, partition_id: int, num_partitions: int) -> Split:

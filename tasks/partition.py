@@ -22,10 +22,9 @@ def _natural_clients(groups: np.ndarray, num_partitions: int, seed: int) -> np.n
     return client_of_group[groups]
 
 
-def partition_indices(
+def partition_all(
     scheme: str,
     num_partitions: int,
-    partition_id: int,
     labels: np.ndarray,
     groups: np.ndarray | None = None,
     *,
@@ -33,15 +32,12 @@ def partition_indices(
     classes_per_client: int = 2,
     min_partition_size: int = 10,
     seed: int = 0,
-) -> np.ndarray:
-    """Indices of the training examples that belong to client ``partition_id``."""
+) -> list[np.ndarray]:
+    """The sorted training-example indices of every client, ``[client 0, client 1, ...]``.
+    One partitioner is built for all clients (building one costs ~0.5 s on 60k examples)."""
     from datasets import Dataset
     from flwr_datasets import partitioner as fp
 
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
-        )
     if num_partitions > len(labels):
         raise ValueError(
             f"{num_partitions} clients but only {len(labels)} training examples; use fewer clients."
@@ -64,8 +60,8 @@ def partition_indices(
                 f"{num_classes} classes."
             )
         part = fp.PathologicalPartitioner(
-            num_partitions, "label", classes_per_client, class_assignment_mode="first-deterministic",
-            shuffle=True, seed=seed,
+            num_partitions, "label", classes_per_client,
+            class_assignment_mode="first-deterministic", shuffle=True, seed=seed,
         )
     elif scheme == "natural":
         if groups is None:
@@ -75,15 +71,31 @@ def partition_indices(
     else:
         raise ValueError(f"Unknown partition scheme {scheme!r}; choose one of {SCHEMES}.")
     part.dataset = Dataset.from_dict(columns)
+    order = list(range(num_partitions))
     if scheme == "natural":
-        # NaturalIdPartitioner numbers its partitions itself (sorted ids in flwr-datasets
-        # 0.6); map client id -> partition id explicitly rather than rely on that.
         if part.num_partitions != num_partitions:  # also builds the id mapping
             raise ValueError(f"{part.num_partitions} natural groups for {num_partitions} clients.")
-        ids = part.partition_id_to_natural_id
-        partition_id = next(p for p, natural in ids.items() if natural == partition_id)
+        # NaturalIdPartitioner numbers its partitions itself (sorted ids in flwr-datasets
+        # 0.6); map client id -> partition id explicitly rather than rely on that.
+        position = {natural: p for p, natural in part.partition_id_to_natural_id.items()}
+        order = [position[client] for client in range(num_partitions)]
     try:
-        indices = np.asarray(part.load_partition(partition_id)["idx"], dtype=np.int64)
+        return [np.sort(np.asarray(part.load_partition(p)["idx"], dtype=np.int64)) for p in order]
     except ValueError as err:  # e.g. Dirichlet cannot meet min_partition_size
         raise ValueError(f"Cannot split the data {scheme!r} into {num_partitions} parts: {err}") from err
-    return np.sort(indices)
+
+
+def partition_indices(
+    scheme: str,
+    num_partitions: int,
+    partition_id: int,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:
+    """Indices of the training examples that belong to client ``partition_id``."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
+        )
+    return partition_all(scheme, num_partitions, labels, groups, **options)[partition_id]
