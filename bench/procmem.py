@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -56,6 +55,22 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def process_name(pid: int) -> str:
+    """A short name: Ray workers' titles (``ray::ClientAppActor``), else the program."""
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return "?"
+    first = cmd[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split(".")[0].split(" ")[0]
+    words = [c.decode(errors="replace") for c in cmd if c]
+    program = ""
+    if "python" in first.rsplit("/", 1)[-1]:  # python [-u] [-m] script-or-module ...
+        program = next((w for w in words[1:] if not w.startswith("-")), "")
+    return (program or first).rsplit("/", 1)[-1][:40]
+
+
 def pss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
@@ -75,6 +90,7 @@ class TreeMemory:
         self.roots = list(roots or [])
         self.interval, self.pss_every = interval, pss_every
         self.peak_rss = self.peak_pss = self.max_processes = self.samples = 0
+        self.at_peak: dict[str, float] = {}  # process name -> RSS MB, at the RSS peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -84,7 +100,16 @@ class TreeMemory:
     def sample(self) -> None:
         pids = descendants(self.roots)
         self.max_processes = max(self.max_processes, len(pids))
-        self.peak_rss = max(self.peak_rss, sum(rss_bytes(p) for p in pids))
+        sizes = {p: rss_bytes(p) for p in pids}
+        total = sum(sizes.values())
+        if total > self.peak_rss:
+            self.peak_rss = total
+            self.at_peak = {}
+            for pid, size in sizes.items():
+                if not size:  # gone between listing and reading
+                    continue
+                name = process_name(pid)
+                self.at_peak[name] = self.at_peak.get(name, 0.0) + size / 2**20
         if self.samples % self.pss_every == 0:
             self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in pids))
         self.samples += 1
@@ -108,4 +133,5 @@ class TreeMemory:
             "peak_pss_mb": self.peak_pss / 2**20,
             "max_processes": self.max_processes,
             "samples": self.samples,
+            "rss_mb_at_peak_by_process": dict(sorted(self.at_peak.items(), key=lambda kv: -kv[1])),
         }

@@ -1,13 +1,16 @@
-"""Run any Flower app (fedlocal or the quickstart-style baseline) on a private
-simulation SuperLink, timing the run and sampling the memory of its process tree.
+"""Run any Flower app (fedlocal or the quickstart-style baseline) on a private Flower
+runtime, timing the run and sampling the memory of its process tree.
 
-``server.launch.LocalSimulation`` starts and stops the SuperLink (its whole process
-group, by PID); its ``run()`` always runs the fedlocal repository, so ``AppSimulation``
-adds ``run_app(app_dir, ...)`` for any app folder.
+``server.launch.LocalSimulation`` (and ``LocalDeployment``, where the checkout has it)
+start and stop the SuperLink (and SuperNodes), each a process group killed by PID; their
+``run()`` always runs the fedlocal repository, so ``AppSimulation`` / ``AppDeployment``
+add ``run_app(app_dir, ...)`` for any app folder. Only the start and stop are borrowed
+from ``server.launch``; running and checking the app is done here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -15,8 +18,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import server.launch as launch
 from bench.procmem import TreeMemory
 from server.launch import CONNECTION, LocalSimulation, toml_value
+
+
+def run_status(env: dict, run_id: str) -> str:
+    """The run's final status from ``flwr ls`` (``flwr run --stream`` can exit 0 for a
+    failed run), e.g. ``finished:completed``."""
+    result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    try:
+        runs = json.loads(result.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError):
+        return "unknown"
+    return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
 
 
 @dataclass
@@ -29,24 +45,24 @@ class AppRun:
     superlink_start: float = 0.0
 
 
-class AppSimulation(LocalSimulation):
-    """A private simulation SuperLink (``LocalSimulation``) that runs any app folder."""
+class _AppRunner:
+    """``run_app`` for a started runtime (``self.process``: the SuperLink; ``self.nodes``:
+    SuperNodes, where the runtime has separate ones)."""
 
-    def __enter__(self) -> AppSimulation:
+    def __enter__(self):
         start = time.perf_counter()
         super().__enter__()
         self.start_seconds = time.perf_counter() - start
         return self
 
-    def run_app(self, app_dir: str | Path, run_config: dict | None = None,
-                num_supernodes: int = 10, cpus_per_client: int = 1,
-                timeout: float = 1800) -> AppRun:
-        cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--federation-config",
-               f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
+    def _run(self, app_dir: str | Path, extra: list[str], run_config: dict | None,
+             timeout: float) -> AppRun:
+        cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", *extra]
         if run_config:
             cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
         lines: list[tuple[float, str]] = []
-        memory = TreeMemory([self.process.pid])
+        roots = [self.process.pid] + [node.pid for node in getattr(self, "nodes", [])]
+        memory = TreeMemory(roots)
         with memory:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
@@ -66,6 +82,35 @@ class AppSimulation(LocalSimulation):
             wall = time.perf_counter() - start
         output = "".join(line for _, line in lines)
         match = re.search(r"started run (\d+)", output)
-        status = self.status(match.group(1)) if match else "not-started"
+        status = run_status(self.env, match.group(1)) if match else "not-started"
         return AppRun(status, wall, output, lines, memory.as_dict(),
                       getattr(self, "start_seconds", 0.0))
+
+
+class AppSimulation(_AppRunner, LocalSimulation):
+    """A private simulation SuperLink (``LocalSimulation``) that runs any app folder."""
+
+    def run_app(self, app_dir: str | Path, run_config: dict | None = None,
+                num_supernodes: int = 10, cpus_per_client: int = 1,
+                timeout: float = 1800) -> AppRun:
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+        return self._run(app_dir, ["--federation-config", federation], run_config, timeout)
+
+
+def deployment_available() -> bool:
+    return hasattr(launch, "LocalDeployment")
+
+
+def app_deployment(num_supernodes: int):
+    """A SuperLink and ``num_supernodes`` SuperNode processes (``LocalDeployment``) that
+    run any app folder; None where this checkout has no local deployment."""
+    if not deployment_available():
+        return None
+
+    class AppDeployment(_AppRunner, launch.LocalDeployment):
+        def run_app(self, app_dir: str | Path, run_config: dict | None = None,
+                    timeout: float = 1800) -> AppRun:
+            config = {"strategy.min_available_nodes": self.num_supernodes, **(run_config or {})}
+            return self._run(app_dir, [], config, timeout)
+
+    return AppDeployment(num_supernodes)

@@ -13,7 +13,7 @@ class Net(nn.Module):
     """ReLU MLP 784-128-128-10 (fedlocal's MLP with width 128, depth 2)"""
 
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.fc1 = nn.Linear(28 * 28, 128)
         self.fc2 = nn.Linear(128, 128)
         self.fc3 = nn.Linear(128, 10)

@@ -1,0 +1,571 @@
+"""fedlocal's benchmark: one command, side by side in one run, results as JSON + markdown.
+
+    python -m bench.run            # the full benchmark (about 4 minutes on 2 cores)
+    python -m bench.run --quick    # a small version (about 1.5 minutes)
+
+Workloads (``--workloads``, comma-separated):
+
+``fedavg-fmnist``
+    FedAvg, ReLU MLP 784-128-128-10 on Fashion-MNIST, ``--clients`` clients (Dirichlet 0.5),
+    1 local epoch per round, the fmnist task's batch size and learning rate, ``--rounds``
+    rounds. Measured in this order, so that drift shows: (a) pure compute (FedAvg by hand,
+    ``bench.pure``), (b) fedlocal in Flower's simulation engine, (c) fedlocal on the local
+    multi-process deployment (only with ``--deployment``: minutes and ~15 GB for 10
+    clients), (d) the quickstart-style baseline app (``bench/quickstart_baseline``) in the
+    simulation engine, (a) again (not with ``--quick``).
+``scaling-fmnist``
+    fedlocal in simulation with 10, 100, 1000 clients (``--scaling-clients``), 10 % sampled
+    per round, IID partitions, next to pure compute of the same sampled clients.
+
+Writes ``bench/results/<timestamp>.json`` and ``.md``; a full run (not ``--quick``) also
+copies the table, with the commit it measured, into docs/benchmarks.md and draws
+docs/figures/scaling.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench.procmem import TreeMemory
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_APP = REPO / "bench" / "quickstart_baseline"
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+FIGURE = REPO / "docs" / "figures" / "scaling.png"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# The fmnist workload as fedlocal config keys; batch size and lr stay the task's defaults.
+FEDAVG_FMNIST = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "dirichlet",
+                 "data.alpha": 0.5, "run.seed": 0}
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolation percentile (numpy's default), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def round_stats(seconds: list[float], examples: int | None) -> dict:
+    """Median and p90 of the rounds after the first, the first round, samples/s."""
+    after = seconds[1:]
+    median = percentile(after, 50)
+    return {
+        "round_seconds": seconds,
+        "first_round": seconds[0] if seconds else None,
+        "median": median,
+        "p90": percentile(after, 90),
+        "min": min(after) if after else None,
+        "max": max(after) if after else None,
+        "samples_per_second": examples / median if examples and median else None,
+    }
+
+
+# ----------------------------------------------------------------------------- the systems
+
+def pure_compute(overrides: dict, clients: int, rounds: int, threads: int, fraction: float = 1.0,
+                 min_nodes: int = 2) -> dict:
+    """(a) in a subprocess of its own, so that its memory is measured alone."""
+    with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
+        out = Path(tmp) / "pure.json"
+        cmd = [sys.executable, "-m", "bench.pure", "--clients", str(clients), "--rounds",
+               str(rounds), "--fraction", str(fraction), "--min-nodes", str(min_nodes),
+               "--threads", str(threads), "--overrides", json.dumps(overrides), "--out", str(out)]
+        start = time.perf_counter()
+        with TreeMemory() as memory:
+            proc = subprocess.Popen(cmd, cwd=REPO)
+            memory.add(proc.pid)
+            proc.wait()
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.pure failed with exit code {proc.returncode}")
+        result = json.loads(out.read_text())
+    records = result["rounds"]
+    examples = records[0]["examples"] if records else None
+    return {
+        **round_stats([r["seconds"] for r in records], examples),
+        "startup": result["startup"],
+        "wall": wall,
+        "memory": memory.as_dict(),
+        "examples_per_round": [r["examples"] for r in records],
+        "train_seconds": [r["train_seconds"] for r in records],
+        "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
+        "torch_threads": result["torch_threads"],
+        "device": result["device"],
+    }
+
+
+def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | None,
+                 app_dir: Path = REPO, deployment: bool = False) -> dict:
+    """(b) fedlocal on a private simulation SuperLink, or (c) with ``deployment`` on a
+    SuperLink and ``clients`` SuperNode processes; round times from metrics.jsonl."""
+    from bench.simulation import AppSimulation, app_deployment
+
+    with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
+        config = {**overrides, "run.rounds": rounds, "run.output_dir": tmp,
+                  "run.name": "bench", "run.save_model": False}
+        # Ray's workers put the SuperLink's working directory first on their sys.path, so
+        # the ClientApps import fedlocal's modules from there, not from the app bundle:
+        # start the SuperLink inside the app folder under test.
+        cwd = os.getcwd()
+        os.chdir(app_dir)
+        try:
+            if deployment:
+                with app_deployment(clients) as dep:
+                    run = dep.run_app(app_dir, config)
+            else:
+                with AppSimulation() as sim:
+                    run = sim.run_app(app_dir, config, num_supernodes=clients, cpus_per_client=1)
+        finally:
+            os.chdir(cwd)
+        folder = Path(tmp) / "bench"
+        metrics = folder / "metrics.jsonl"
+        if run.status != "finished:completed" or not metrics.is_file():
+            raise RuntimeError(f"fedlocal run {run.status}:\n{run.output[-4000:]}")
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        summary = json.loads((folder / "summary.json").read_text())
+    seconds = [r["seconds"] for r in records]
+    return {
+        **round_stats(seconds, examples),
+        "startup": run.wall - sum(seconds),
+        "wall": run.wall,
+        "superlink_start": run.superlink_start,
+        "serverapp_seconds": summary.get("seconds"),
+        "memory": run.memory,
+        "final_test_accuracy": records[-1].get("test_accuracy"),
+        "num_replies": [r.get("num_replies") for r in records],
+        "num_failures": [r.get("num_failures") for r in records],
+        "mean_client_train_seconds": [r.get("train_seconds") for r in records],
+    }
+
+
+def baseline_sim(data_dir: Path, clients: int, rounds: int, examples: int | None) -> dict:
+    """(d) the quickstart-style app; round times from the times its evaluate_fn wrote."""
+    from bench.simulation import AppSimulation
+
+    with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
+        metrics = Path(tmp) / "baseline-metrics.jsonl"
+        config = {"num-server-rounds": rounds, "data-dir": str(data_dir),
+                  "metrics-file": str(metrics), "partitioner": "dirichlet",
+                  "dirichlet-alpha": 0.5, "seed": 0, "local-epochs": 1,
+                  "batch-size": 32, "learning-rate": 0.05}
+        with AppSimulation() as sim:
+            run = sim.run_app(BASELINE_APP, config, num_supernodes=clients, cpus_per_client=1)
+        if run.status != "finished:completed" or not metrics.is_file():
+            raise RuntimeError(f"baseline run {run.status}:\n{run.output[-4000:]}")
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    times = [r["time"] for r in records]  # round 0 (initial evaluation), 1, 2, ...
+    seconds = [b - a for a, b in zip(times, times[1:])]
+    return {
+        **round_stats(seconds, examples),
+        "startup": run.wall - sum(seconds),
+        "wall": run.wall,
+        "superlink_start": run.superlink_start,
+        "memory": run.memory,
+        "final_test_accuracy": records[-1].get("test_accuracy"),
+    }
+
+
+# ----------------------------------------------------------------------------- workloads
+
+def fedavg_fmnist(args) -> dict:
+    from bench.baseline_data import prepare
+
+    overrides = dict(FEDAVG_FMNIST)
+    log(f"fedavg-fmnist: {args.clients} clients, {args.rounds} rounds")
+    result: dict = {"clients": args.clients, "rounds": args.rounds, "config": overrides,
+                    "systems": {}}
+    systems = result["systems"]
+    log("(a) pure compute")
+    systems["a"] = pure_compute(overrides, args.clients, args.rounds, args.pure_threads)
+    examples = systems["a"]["examples_per_round"][0]
+    log(f"    median {systems['a']['median']:.3f} s/round")
+    log("(b) fedlocal in simulation")
+    systems["b"] = fedlocal_sim(overrides, args.clients, args.rounds, examples, args.app_dir)
+    log(f"    median {systems['b']['median']:.3f} s/round")
+    from bench.simulation import deployment_available
+
+    if not deployment_available():
+        systems["c"] = {"available": False, "note": "not available (no server.launch.LocalDeployment)"}
+    elif not args.deployment:
+        systems["c"] = {"available": False, "note": "not measured (add --deployment)"}
+    else:
+        log("(c) fedlocal in the local deployment (SuperLink + SuperNode processes)")
+        systems["c"] = fedlocal_sim(overrides, args.clients, args.rounds, examples, args.app_dir,
+                                    deployment=True)
+        log(f"    median {systems['c']['median']:.3f} s/round")
+    if args.no_baseline:
+        systems["d"] = {"available": False, "note": "skipped (--no-baseline)"}
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedlocal-bench-data-") as data_dir:
+            log("(d) quickstart-style baseline: preparing its Arrow dataset (not timed)")
+            prepare(data_dir)
+            log("(d) quickstart-style baseline in simulation")
+            systems["d"] = baseline_sim(Path(data_dir), args.clients, args.rounds, examples)
+        log(f"    median {systems['d']['median']:.3f} s/round")
+    if not args.quick:
+        log("(a) pure compute, again")
+        systems["a2"] = pure_compute(overrides, args.clients, args.rounds, args.pure_threads)
+        log(f"    median {systems['a2']['median']:.3f} s/round")
+    pure_rounds = systems["a"]["round_seconds"][1:] + systems.get("a2", {}).get("round_seconds", [None])[1:]
+    pure_median = percentile([s for s in pure_rounds if s is not None], 50)
+    b, d = systems["b"], systems["d"]
+    result["pure_median"] = pure_median
+    has_d = d.get("available", True)
+    result["ratios"] = {
+        "b_over_a": b["median"] / pure_median,
+        "b_over_d": b["median"] / d["median"] if has_d else None,
+        "d_over_b": d["median"] / b["median"] if has_d else None,
+    }
+    if systems["c"].get("available", True):
+        result["ratios"]["c_over_a"] = systems["c"]["median"] / pure_median
+    result["targets"] = {"sim_within_1.3x_pure": result["ratios"]["b_over_a"] <= 1.3}
+    if has_d:
+        result["targets"]["fedlocal_2x_faster_than_baseline"] = result["ratios"]["d_over_b"] >= 2.0
+    return result
+
+
+def scaling_fmnist(args) -> dict:
+    overrides = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "iid",
+                 "run.seed": 0, "strategy.fraction_train": 0.1}
+    points = []
+    for clients in args.scaling_clients:
+        min_nodes = max(1, clients // 10)
+        config = {**overrides, "strategy.min_train_nodes": min_nodes,
+                  "strategy.min_available_nodes": clients}
+        log(f"scaling: {clients} clients, {min_nodes} sampled per round, {args.scaling_rounds} rounds")
+        pure = pure_compute(config, clients, args.scaling_rounds, args.pure_threads,
+                            fraction=0.1, min_nodes=min_nodes)
+        examples = round(sum(pure["examples_per_round"]) / len(pure["examples_per_round"]))
+        sim = fedlocal_sim(config, clients, args.scaling_rounds, examples, args.app_dir)
+        log(f"    sim median {sim['median']:.3f} s/round, pure {pure['median']:.3f}, "
+            f"peak RSS {sim['memory']['peak_rss_mb']:.0f} MB")
+        points.append({"clients": clients, "sampled": min_nodes, "sim": sim, "pure": pure,
+                       "ratio": sim["median"] / pure["median"]})
+    result = {"rounds": args.scaling_rounds, "config": overrides, "points": points}
+    hundred = next((p for p in points if p["clients"] == 100), None)
+    if hundred is not None:
+        result["targets"] = {
+            "100_clients_under_4GB_rss": hundred["sim"]["memory"]["peak_rss_mb"] < 4096,
+            "100_clients_under_4GB_pss": hundred["sim"]["memory"]["peak_pss_mb"] < 4096,
+        }
+    return result
+
+
+WORKLOADS = {"fedavg-fmnist": fedavg_fmnist, "scaling-fmnist": scaling_fmnist}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def git_commit() -> str:
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain") else "")
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import torch
+
+    try:
+        import flwr
+
+        flwr_version = flwr.__version__
+    except (ImportError, AttributeError):
+        flwr_version = None
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr_version,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def breakdown(system: dict, top: int = 6) -> str:
+    parts = system["memory"].get("rss_mb_at_peak_by_process", {})
+    return ", ".join(f"{name} {mb:.0f}" for name, mb in list(parts.items())[:top])
+
+
+def noise_line(fed: dict) -> str:
+    """How far apart the repeated measurements are: the two (a) runs, and the spread of
+    each system's rounds after the first."""
+    systems = fed["systems"]
+    parts = []
+    if "a2" in systems:
+        a1, a2 = systems["a"]["median"], systems["a2"]["median"]
+        parts.append(f"the two (a) runs' medians differ by {abs(a1 - a2) / min(a1, a2):.0%} "
+                     f"({a1:.3f} vs {a2:.3f} s)")
+    for key in ("a", "b", "c", "d"):
+        s = systems[key]
+        if s.get("available", True) and s.get("min") and s.get("max") and len(s["round_seconds"]) > 2:
+            parts.append(f"{key}: rounds after the first span {s['min']:.2f}–{s['max']:.2f} s "
+                         f"(max/min {s['max'] / s['min']:.2f})")
+    return ("Noise: " + "; ".join(parts) + ".") if parts else "Noise: too few rounds to tell."
+
+
+def markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        f"Commit `{meta['commit']}`, {meta['started']}, {meta['machine']['cpus']} CPU cores "
+        f"({meta['machine']['cpu_model'] or 'unknown CPU'}), "
+        f"{'GPU ' + meta['machine']['gpu'] if meta['machine']['gpu'] else 'no GPU'}, "
+        f"torch {meta['machine']['torch']}, flwr {meta['machine']['flwr']}; "
+        f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after; "
+        f"`{meta['command']}` ({meta['seconds']:.0f} s)."
+        + (f" App for (b) and scaling: `{meta['args']['app_dir']}`." if meta["args"]["app_dir"] != str(REPO)
+           else ""),
+        "",
+    ]
+    fed = report["workloads"].get("fedavg-fmnist")
+    if fed:
+        lines += [
+            f"### fedavg-fmnist: {fed['clients']} clients, {fed['rounds']} rounds, 1 local epoch, "
+            "batch 32, lr 0.05, Dirichlet(0.5)",
+            "",
+            "| system | round s (median) | round s (p90) | samples/s | first round s | "
+            "start-up s | peak RSS MB | peak PSS MB | final test acc | vs (a) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        names = {"a": "(a) pure compute, no Flower", "a2": "(a) pure compute, again (after d)",
+                 "b": "(b) fedlocal, simulation", "c": "(c) fedlocal, local deployment",
+                 "d": "(d) quickstart-style baseline, simulation"}
+        for key in ("a", "b", "c", "d", "a2"):
+            s = fed["systems"].get(key)
+            if s is None:
+                continue
+            if not s.get("available", True):
+                why = s.get("note", "not run")
+                lines.append(f"| {names[key]} | {why} | | | | | | | | |")
+                continue
+            mem = s["memory"]
+            ratio = s["median"] / fed["pure_median"]
+            lines.append(
+                f"| {names[key]} | {fmt(s['median'], 3)} | {fmt(s['p90'], 3)} | "
+                f"{fmt(s['samples_per_second'], 0)} | {fmt(s['first_round'])} | "
+                f"{fmt(s['startup'])} | {mem['peak_rss_mb']:.0f} | {mem['peak_pss_mb']:.0f} | "
+                f"{fmt(s['final_test_accuracy'], 4)} | {ratio:.2f}x |"
+            )
+        r, t = fed["ratios"], fed["targets"]
+        versus_d = (
+            f"(b)/(d) = **{r['b_over_d']:.2f}x**, i.e. fedlocal is {r['d_over_b']:.1f}x faster per "
+            f"round than the baseline (target ≥ 2x: "
+            f"{'met' if t['fedlocal_2x_faster_than_baseline'] else 'not met'})"
+            if r["b_over_d"] is not None else "(d) not run")
+        lines += [
+            "",
+            f"(b)/(a) = **{r['b_over_a']:.2f}x** (target ≤ 1.3x: "
+            f"{'met' if t['sim_within_1.3x_pure'] else 'not met'}); {versus_d}"
+            + (f"; (c)/(a) = **{r['c_over_a']:.2f}x**" if "c_over_a" in r else "")
+            + f". (a) is the median of the rounds after the first of both (a) runs: "
+            f"{fed['pure_median']:.3f} s.",
+            "",
+            noise_line(fed),
+            "",
+            "Memory of (b) at its peak, by process (RSS MB): " + breakdown(fed["systems"]["b"]) + ".",
+            "",
+            "Per-round seconds: " + "; ".join(
+                f"{key} " + ", ".join(f"{x:.2f}" for x in fed["systems"][key]["round_seconds"])
+                for key in ("a", "b", "c", "d", "a2")
+                if key in fed["systems"] and fed["systems"][key].get("available", True)
+            ) + ".",
+            "",
+        ]
+    scale = report["workloads"].get("scaling-fmnist")
+    if scale:
+        lines += [
+            f"### scaling-fmnist: 10 % of the clients per round, IID, 1 local epoch, "
+            f"{scale['rounds']} rounds",
+            "",
+            "| clients | sampled per round | sim round s (median) | sim round s (p90) | "
+            "pure compute round s | sim / pure | first round s | start-up s | "
+            "peak RSS MB | peak PSS MB | processes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for p in scale["points"]:
+            sim, mem = p["sim"], p["sim"]["memory"]
+            lines.append(
+                f"| {p['clients']} | {p['sampled']} | {fmt(sim['median'], 3)} | "
+                f"{fmt(sim['p90'], 3)} | {fmt(p['pure']['median'], 3)} | {p['ratio']:.2f}x | "
+                f"{fmt(sim['first_round'])} | {fmt(sim['startup'])} | {mem['peak_rss_mb']:.0f} | "
+                f"{mem['peak_pss_mb']:.0f} | {mem['max_processes']} |"
+            )
+        if "targets" in scale:
+            t = scale["targets"]
+            hundred = next(p for p in scale["points"] if p["clients"] == 100)["sim"]["memory"]
+            lines += ["", f"100 simulated clients: peak RSS {hundred['peak_rss_mb']:.0f} MB, "
+                      f"PSS {hundred['peak_pss_mb']:.0f} MB (target < 4096 MB: RSS "
+                      f"{'met' if t['100_clients_under_4GB_rss'] else 'not met'}, PSS "
+                      f"{'met' if t['100_clients_under_4GB_pss'] else 'not met'}). At the peak, "
+                      "by process (RSS MB): " + breakdown(next(
+                          p for p in scale["points"] if p["clients"] == 100)["sim"]) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_scaling(scale: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = scale["points"]
+    clients = [p["clients"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, key, marker in (("fedlocal, simulation", "sim", "o"),
+                               ("pure compute (same sampled clients)", "pure", "s")):
+        med = [p[key]["median"] for p in points]
+        low = [m - p[key]["min"] for m, p in zip(med, points)]
+        high = [p[key]["max"] - m for m, p in zip(med, points)]
+        ax.errorbar(clients, med, yerr=[low, high], marker=marker, capsize=3, label=label)
+        if key == "sim":
+            for c, m, p in zip(clients, med, points):
+                ax.annotate(f"{p['sim']['memory']['peak_rss_mb'] / 1024:.1f} GB RSS", (c, m),
+                            textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_xlabel("clients (10 % sampled per round)")
+    ax.set_ylabel("seconds per round (median; bars: min–max)")
+    ax.set_title(f"FedAvg, Fashion-MNIST MLP, IID, 1 local epoch ({os.cpu_count()} cores)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_doc(table: str, commit: str) -> None:
+    block = f"{BEGIN}\n<!-- written by `python -m bench.run`; edit outside these markers -->\n\n" \
+            f"Measured at commit `{commit}`.\n\n{table}\n{END}"
+    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n## Latest results\n\n" + block + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Full run: about 4 minutes on 2 cores (more when the machine is busy); "
+        "--quick: about 1.5 minutes.")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of fedavg-fmnist (default 5; quick 2)")
+    parser.add_argument("--clients", type=int, default=10, help="clients of fedavg-fmnist (default 10)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, (a) once, scaling at 100 clients only with 2 rounds; "
+                        "writes bench/results only")
+    parser.add_argument("--scaling-clients", default=None,
+                        help="comma-separated client counts (default 10,100,1000; quick 100)")
+    parser.add_argument("--scaling-rounds", type=int, default=None,
+                        help="rounds per scaling point (default 5; quick 2)")
+    parser.add_argument("--pure-threads", type=int, default=1,
+                        help="torch threads for (a) (default 1, as each simulated client gets 1 CPU)")
+    parser.add_argument("--app-dir", type=Path, default=REPO,
+                        help="the fedlocal app folder that (b) and the scaling runs start (default: "
+                        "this repository), to try an app change on a copy; (a) always runs this "
+                        "repository's code. Implies --no-docs when not this repository")
+    parser.add_argument("--deployment", action="store_true",
+                        help="also measure (c), fedlocal on server.launch.LocalDeployment (a SuperLink "
+                        "and one SuperNode process per client; slow: every message starts a "
+                        "ClientApp process)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip (d), the quickstart-style baseline (for quick A/B runs of the "
+                        "app); implies --no-docs")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="do not update docs/benchmarks.md and docs/figures/scaling.png")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.scaling_rounds = args.scaling_rounds or (2 if args.quick else 5)
+    clients = args.scaling_clients or ("100" if args.quick else "10,100,1000")
+    args.scaling_clients = [int(c) for c in clients.split(",") if c.strip()]
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    args.app_dir = args.app_dir.resolve()
+    if args.app_dir != REPO or args.no_baseline:
+        args.no_docs = True  # the docs show only complete runs of this repository
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    if args.rounds < 2 or args.scaling_rounds < 2:
+        parser.error("--rounds and --scaling-rounds must be >= 2 (the first round is start-up)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.chdir(REPO)
+    started = datetime.now()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    report = {"meta": {
+        "started": started.isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "load_before": os.getloadavg(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }, "workloads": {}}
+    start = time.perf_counter()
+    for name in args.workloads:
+        report["workloads"][name] = WORKLOADS[name](args)
+    report["meta"]["seconds"] = time.perf_counter() - start
+    report["meta"]["load_after"] = os.getloadavg()
+    table = markdown(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stamp}.md").write_text(f"# fedlocal benchmark {stamp}\n\n{table}")
+    scale = report["workloads"].get("scaling-fmnist")
+    if scale:
+        plot_scaling(scale, RESULTS / f"{stamp}-scaling.png")
+    if not (args.quick or args.no_docs):
+        update_doc(table, report["meta"]["commit"])
+        if scale:
+            plot_scaling(scale, FIGURE)
+    print(table)
+    log(f"results in {RESULTS / stamp}.json / .md ({report['meta']['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
