@@ -181,6 +181,11 @@ class StrategySection:
     round_timeout: float = opt(
         "Seconds to wait for the replies of one round.", gt=0.0
     )
+    node_wait: float = opt(
+        "Seconds the ServerApp waits for `min_available_nodes` SuperNodes before it stops "
+        "with an error (instead of waiting forever).",
+        gt=0.0,
+    )
     topology: str = opt(
         "gossip_pga: the graph whose mixing matrix W the server applies "
         "(`identity` = no gossip, i.e. Local SGD).",

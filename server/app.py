@@ -36,16 +36,18 @@ def user_overrides(grid: Grid, context: Context) -> dict:
         return dict(context.run_config)
 
 
-def wait_for_nodes(grid: Grid, at_least: int, timeout: float) -> int:
-    """How many SuperNodes are connected, once at least ``at_least`` are."""
+def wait_for_nodes(grid: Grid, at_least: int, timeout: float, poll: float = 1.0) -> int:
+    """How many SuperNodes are connected, once at least ``at_least`` are; an error after
+    ``timeout`` seconds (Flower's own sampling would wait forever)."""
     deadline = time.monotonic() + timeout
     while (count := len(list(grid.get_node_ids()))) < at_least:
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"Only {count} SuperNodes connected after {timeout:.0f} s; "
-                f"strategy.min_available_nodes = {at_least}."
+                f"Only {count} SuperNode(s) connected after {timeout:.0f} s but "
+                f"strategy.min_available_nodes = {at_least}: start more SuperNodes (simulation: "
+                "--federation-config \"num-supernodes=N\") or lower strategy.min_available_nodes."
             )
-        time.sleep(1.0)
+        time.sleep(poll)
     return count
 
 
@@ -79,9 +81,10 @@ def main(grid: Grid, context: Context) -> None:
     folder = RunFolder(cfg)
     log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
+    connected = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.node_wait)
     num_nodes = evaluate_nodes = None
     if cfg.strategy.name == "gossip_pga":
-        num_nodes = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.round_timeout)
+        num_nodes = connected
 
         def evaluate_nodes(records: list[ArrayRecord]) -> dict[str, float]:
             results = []

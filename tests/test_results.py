@@ -41,3 +41,20 @@ def test_a_failed_run_keeps_its_records_and_says_why(tmp_path):
     summary = folder.finish(None, error="NodeFailure: graph node(s) [3] did not answer")
     assert summary["status"] == "failed" and "did not answer" in summary["error"]
     assert not (folder.path / "model.pt").exists() and len(read_metrics(folder.path)) == 1
+
+
+def test_too_few_supernodes_is_an_error_not_a_hang():
+    import pytest
+
+    from server.app import wait_for_nodes
+
+    class Grid:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def get_node_ids(self):
+            return self.ids
+
+    assert wait_for_nodes(Grid([1, 2, 3]), 2, timeout=0.1) == 3
+    with pytest.raises(RuntimeError, match=r"Only 1 SuperNode.*strategy.min_available_nodes = 4"):
+        wait_for_nodes(Grid([1]), 4, timeout=0.05, poll=0.01)
