@@ -50,6 +50,18 @@ def toml_value(value) -> str:
     return repr(value)
 
 
+def run_status(env: dict, run_id: str) -> str:
+    """A run's final status from ``flwr ls`` (``flwr run --stream`` can exit 0 for a failed
+    run), e.g. ``finished:completed``; ``unknown`` if the SuperLink does not say."""
+    result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    try:
+        runs = json.loads(result.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError):
+        return "unknown"
+    return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
+
+
 def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     """Start a Flower process in its own process group, output to ``log_path``. Its
     working directory is the app folder: Ray's simulation workers put the SuperLink's
@@ -167,13 +179,7 @@ class _LocalFlower:
         return self.status(match.group(1)), output
 
     def status(self, run_id: str) -> str:
-        result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=self.env,
-                                capture_output=True, text=True, timeout=60, check=False)
-        try:
-            runs = json.loads(result.stdout)["runs"]
-        except (json.JSONDecodeError, KeyError):
-            return "unknown"
-        return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
+        return run_status(self.env, run_id)
 
 
 class LocalSimulation(_LocalFlower):
