@@ -1,7 +1,7 @@
 """fedlocal's benchmark: one command, side by side in one run, results as JSON + markdown.
 
-    python -m bench.run            # the full benchmark (about 4 minutes on 2 cores)
-    python -m bench.run --quick    # a small version (about 1.5 minutes)
+    python -m bench.run            # the full benchmark (about 5 minutes on 2 cores)
+    python -m bench.run --quick    # a small version (about 2 minutes)
 
 Workloads (``--workloads``, comma-separated):
 
@@ -16,6 +16,17 @@ Workloads (``--workloads``, comma-separated):
 ``scaling-fmnist``
     fedlocal in simulation with 10, 100, 1000 clients (``--scaling-clients``), 10 % sampled
     per round, IID partitions, next to pure compute of the same sampled clients.
+``gossip-digits``
+    Gossip-PGA on digits (ReLU MLP), 16 nodes on a ring, a global average every 4
+    iterations, 1 local step (batch 32) per iteration, ``--gossip-rounds`` iterations (30).
+    (a) = (d): the one-process reference simulator ``strategies.gossip_reference`` timed
+    per iteration (``bench.pure_reference``); (b) fedlocal in simulation with
+    ``strategy.evaluate_nodes=false`` (the ratio), and (b') with the default ``true``.
+``clipped-shakespeare``
+    Clipped FedAvg (CELGC), character LSTM on tiny Shakespeare (``--shakespeare``; skipped
+    if absent), 8 IID clients, I = 4 local steps of batch 16, eta = 20, gamma = 5,
+    ``--shakespeare-rounds`` rounds (8). (a) = (d): ``strategies.fedavg_reference``;
+    (b) fedlocal in simulation.
 
 Writes ``bench/results/<timestamp>.json`` and ``.md``; a full run (not ``--quick``) also
 copies the table, with the commit it measured, into docs/benchmarks.md and draws
@@ -273,7 +284,102 @@ def scaling_fmnist(args) -> dict:
     return result
 
 
-WORKLOADS = {"fedavg-fmnist": fedavg_fmnist, "scaling-fmnist": scaling_fmnist}
+# Gossip-PGA on digits (the default task, ReLU MLP): 16 nodes on a ring, 1 local step per
+# iteration, a global average every 4 iterations.
+GOSSIP_DIGITS = {"task.name": "digits", "strategy.name": "gossip_pga", "strategy.topology": "ring",
+                 "strategy.averaging": "periodic", "strategy.period": 4, "train.local_steps": 1,
+                 "train.local_epochs": 0, "run.seed": 0}
+GOSSIP_NODES = 16
+# Clipped FedAvg (CELGC) on tiny Shakespeare, character LSTM: docs/celgc.md's setting
+# (eta = 20, gamma = 5, batch 16), 8 clients, I = 4 local steps, IID split.
+CLIPPED_SHAKESPEARE = {"task.name": "shakespeare", "strategy.name": "clipped_fedavg",
+                       "train.local_steps": 4, "train.local_epochs": 0, "data.partition": "iid",
+                       "train.lr": 20.0, "strategy.clip_gamma": 5.0, "run.seed": 0}
+SHAKESPEARE_CLIENTS = 8
+
+
+def reference_compute(kind: str, overrides: dict, clients: int, rounds: int, threads: int,
+                      samples: int) -> dict:
+    """(a) for gossip-digits / clipped-shakespeare: fedlocal's one-process reference
+    simulator (``bench.pure_reference``) in a subprocess of its own."""
+    with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
+        out = Path(tmp) / "pure.json"
+        cmd = [sys.executable, "-m", "bench.pure_reference", "--kind", kind, "--clients",
+               str(clients), "--rounds", str(rounds), "--threads", str(threads),
+               "--overrides", json.dumps(overrides), "--out", str(out)]
+        start = time.perf_counter()
+        with TreeMemory() as memory:
+            proc = subprocess.Popen(cmd, cwd=REPO)
+            memory.add(proc.pid)
+            proc.wait()
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.pure_reference failed with exit code {proc.returncode}")
+        result = json.loads(out.read_text())
+    return {
+        **round_stats(result["round_seconds"], samples),
+        "startup": result["startup"],
+        "wall": wall,
+        "memory": memory.as_dict(),
+        "final_test_accuracy": result.get("final_test_accuracy"),
+        "final_train_loss": result.get("final_train_loss"),
+        "torch_threads": result["torch_threads"],
+    }
+
+
+def gossip_digits(args) -> dict:
+    rounds, nodes = args.gossip_rounds, GOSSIP_NODES
+    samples = nodes * GOSSIP_DIGITS["train.local_steps"] * 32  # digits' batch size: 32
+    log(f"gossip-digits: {nodes} nodes on a ring, {rounds} iterations, 1 local step each")
+    result: dict = {"nodes": nodes, "rounds": rounds, "config": GOSSIP_DIGITS,
+                    "samples_per_round": samples, "systems": {}}
+    systems = result["systems"]
+    log("(a) pure compute = the reference simulator (strategies.gossip_reference)")
+    systems["a"] = reference_compute("gossip", GOSSIP_DIGITS, nodes, rounds, args.pure_threads,
+                                     samples)
+    log(f"    median {systems['a']['median']:.4f} s/iteration")
+    log("(b) fedlocal in simulation, strategy.evaluate_nodes=false")
+    systems["b"] = fedlocal_sim({**GOSSIP_DIGITS, "strategy.evaluate_nodes": False}, nodes, rounds,
+                                samples, args.app_dir)
+    log(f"    median {systems['b']['median']:.3f} s/iteration")
+    if not args.quick:
+        log("(b') fedlocal in simulation, strategy.evaluate_nodes=true (the default)")
+        systems["b_eval"] = fedlocal_sim({**GOSSIP_DIGITS, "strategy.evaluate_nodes": True}, nodes,
+                                         rounds, samples, args.app_dir)
+        log(f"    median {systems['b_eval']['median']:.3f} s/iteration")
+    a = systems["a"]["median"]
+    result["ratios"] = {"b_over_a": systems["b"]["median"] / a}
+    if "b_eval" in systems:
+        result["ratios"]["b_eval_over_a"] = systems["b_eval"]["median"] / a
+    result["targets"] = {"sim_within_3x_pure": result["ratios"]["b_over_a"] <= 3.0}
+    return result
+
+
+def clipped_shakespeare(args) -> dict:
+    path = Path(args.shakespeare).expanduser()
+    if not path.is_file():
+        log(f"clipped-shakespeare: skipped, no tiny-shakespeare file at {path} (--shakespeare)")
+        return {"skipped": f"no tiny-shakespeare file at {path}"}
+    overrides = {**CLIPPED_SHAKESPEARE, "data.path": str(path.resolve())}
+    rounds, clients = args.shakespeare_rounds, SHAKESPEARE_CLIENTS
+    samples = clients * CLIPPED_SHAKESPEARE["train.local_steps"] * 16  # sequences; batch 16
+    log(f"clipped-shakespeare: {clients} clients, I = 4, {rounds} rounds")
+    result: dict = {"clients": clients, "rounds": rounds, "config": overrides,
+                    "samples_per_round": samples, "systems": {}}
+    systems = result["systems"]
+    log("(a) pure compute = the reference simulator (strategies.fedavg_reference)")
+    systems["a"] = reference_compute("fedavg", overrides, clients, rounds, args.pure_threads,
+                                     samples)
+    log(f"    median {systems['a']['median']:.3f} s/round")
+    log("(b) fedlocal in simulation")
+    systems["b"] = fedlocal_sim(overrides, clients, rounds, samples, args.app_dir)
+    log(f"    median {systems['b']['median']:.3f} s/round")
+    result["ratios"] = {"b_over_a": systems["b"]["median"] / systems["a"]["median"]}
+    return result
+
+
+WORKLOADS = {"fedavg-fmnist": fedavg_fmnist, "scaling-fmnist": scaling_fmnist,
+             "gossip-digits": gossip_digits, "clipped-shakespeare": clipped_shakespeare}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -435,7 +541,91 @@ def markdown(report: dict) -> str:
                       "by process (RSS MB): " + breakdown(next(
                           p for p in scale["points"] if p["clients"] == 100)["sim"]) + "."]
         lines.append("")
+    lines += reference_tables(report)
     return "\n".join(lines)
+
+
+def reference_rows(work: dict, names: dict, unit: str) -> list[str]:
+    a = work["systems"]["a"]["median"]
+    rows = []
+    for key, name in names.items():
+        s = work["systems"].get(key)
+        if s is None:
+            continue
+        mem = s["memory"]
+        acc = s.get("final_test_accuracy")
+        rows.append(
+            f"| {name} | {fmt(s['median'], 4)} | {fmt(s['p90'], 4)} | "
+            f"{fmt(s['samples_per_second'], 0)} | {1 / s['median']:.1f} | {fmt(s['first_round'])} | "
+            f"{fmt(s['startup'])} | {mem['peak_rss_mb']:.0f} | {mem['peak_pss_mb']:.0f} | "
+            f"{fmt(acc, 4)} | {s['median'] / a:.2f}x |")
+    head = [f"| system | {unit} s (median) | {unit} s (p90) | samples/s | {unit}s/s | "
+            f"first {unit} s | start-up s | peak RSS MB | peak PSS MB | final test acc | vs (a) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return head + rows
+
+
+def per_round_line(work: dict, keys: list[str]) -> str:
+    return "Per-round seconds: " + "; ".join(
+        f"{key} " + ", ".join(f"{x:.3f}" for x in work["systems"][key]["round_seconds"])
+        for key in keys if key in work["systems"]) + "."
+
+
+def reference_tables(report: dict) -> list[str]:
+    lines: list[str] = []
+    gossip = report["workloads"].get("gossip-digits")
+    if gossip:
+        r = gossip["ratios"]
+        lines += [
+            f"### gossip-digits: Gossip-PGA, {gossip['nodes']} nodes on a ring, period 4, "
+            f"1 local step (batch 32) per iteration, {gossip['rounds']} iterations, digits ReLU MLP",
+            "",
+            *reference_rows(gossip, {
+                "a": "(a) pure compute, no Flower = (d) reference simulator (`gossip_reference`)",
+                "b": "(b) fedlocal, simulation, `evaluate_nodes=false`",
+                "b_eval": "(b') fedlocal, simulation, `evaluate_nodes=true` (default)"},
+                "iteration"),
+            "",
+            f"(b)/(a) = **{r['b_over_a']:.2f}x** per iteration, with `strategy.evaluate_nodes=false` "
+            f"(target ≤ 3x: {'met' if gossip['targets']['sim_within_3x_pure'] else 'not met'})"
+            + (f"; with the default `evaluate_nodes=true` (the server also evaluates all "
+               f"{gossip['nodes']} node models every iteration) (b')/(a) = "
+               f"**{r['b_eval_over_a']:.2f}x**" if "b_eval_over_a" in r else "")
+            + ". (a) trains and mixes only (no evaluation); (b) also evaluates the mean model "
+            "centrally every iteration (digits' 359 test images, about 0.01 s). samples/s: "
+            f"{gossip['samples_per_round']} rows per iteration (16 nodes x 1 step x batch 32, "
+            "nominal: a node with fewer than 32 examples takes all it has) / median seconds. "
+            "(c) local deployment: not measured.",
+            "",
+            "Memory of (b) at its peak, by process (RSS MB): " + breakdown(gossip["systems"]["b"]) + ".",
+            "",
+            per_round_line(gossip, ["a", "b", "b_eval"]),
+            "",
+        ]
+    clipped = report["workloads"].get("clipped-shakespeare")
+    if clipped and "skipped" in clipped:
+        lines += ["### clipped-shakespeare", "", f"Skipped: {clipped['skipped']}.", ""]
+    elif clipped:
+        lines += [
+            f"### clipped-shakespeare: clipped FedAvg (CELGC), character LSTM on tiny Shakespeare, "
+            f"{clipped['clients']} clients (IID), I = 4 local steps of batch 16, eta = 20, "
+            f"gamma = 5, {clipped['rounds']} rounds",
+            "",
+            *reference_rows(clipped, {
+                "a": "(a) pure compute, no Flower = (d) reference simulator (`fedavg_reference`)",
+                "b": "(b) fedlocal, simulation"}, "round"),
+            "",
+            f"(b)/(a) = **{clipped['ratios']['b_over_a']:.2f}x** per round (no target in the "
+            "issue). Both evaluate the global model on the test set after every round. "
+            f"samples/s: {clipped['samples_per_round']} sequences of 80 characters per round "
+            "(8 clients x 4 steps x batch 16) / median seconds. (c) local deployment: not measured.",
+            "",
+            "Memory of (b) at its peak, by process (RSS MB): " + breakdown(clipped["systems"]["b"]) + ".",
+            "",
+            per_round_line(clipped, ["a", "b"]),
+            "",
+        ]
+    return lines
 
 
 def plot_scaling(scale: dict, path: Path) -> None:
@@ -487,20 +677,28 @@ def update_doc(table: str, commit: str) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Full run: about 4 minutes on 2 cores (more when the machine is busy); "
-        "--quick: about 1.5 minutes.")
+        epilog="Full run: about 5 minutes on 2 cores (more when the machine is busy); "
+        "--quick: about 2 minutes.")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of fedavg-fmnist (default 5; quick 2)")
     parser.add_argument("--clients", type=int, default=10, help="clients of fedavg-fmnist (default 10)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds, (a) once, scaling at 100 clients only with 2 rounds; "
-                        "writes bench/results only")
+                        help="2 rounds, (a) once, scaling at 100 clients only with 2 rounds, 8 gossip "
+                        "iterations without (b'), 3 clipped rounds; writes bench/results only")
     parser.add_argument("--scaling-clients", default=None,
                         help="comma-separated client counts (default 10,100,1000; quick 100)")
     parser.add_argument("--scaling-rounds", type=int, default=None,
                         help="rounds per scaling point (default 5; quick 2)")
+    parser.add_argument("--gossip-rounds", type=int, default=None,
+                        help="iterations (= rounds) of gossip-digits (default 30; quick 8)")
+    parser.add_argument("--shakespeare-rounds", type=int, default=None,
+                        help="rounds of clipped-shakespeare (default 8; quick 3)")
+    parser.add_argument("--shakespeare", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare"
+                                                     / "input.txt"),
+                        help="tiny-shakespeare input.txt for clipped-shakespeare (default "
+                        "<repo>/../shared/data/tinyshakespeare/input.txt; skipped if absent)")
     parser.add_argument("--pure-threads", type=int, default=1,
                         help="torch threads for (a) (default 1, as each simulated client gets 1 CPU)")
     parser.add_argument("--app-dir", type=Path, default=REPO,
@@ -519,6 +717,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.scaling_rounds = args.scaling_rounds or (2 if args.quick else 5)
+    args.gossip_rounds = args.gossip_rounds or (8 if args.quick else 30)
+    args.shakespeare_rounds = args.shakespeare_rounds or (3 if args.quick else 8)
     clients = args.scaling_clients or ("100" if args.quick else "10,100,1000")
     args.scaling_clients = [int(c) for c in clients.split(",") if c.strip()]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -528,8 +728,9 @@ def parse_args(argv=None):
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    if args.rounds < 2 or args.scaling_rounds < 2:
-        parser.error("--rounds and --scaling-rounds must be >= 2 (the first round is start-up)")
+    if min(args.rounds, args.scaling_rounds, args.gossip_rounds, args.shakespeare_rounds) < 2:
+        parser.error("--rounds, --scaling-rounds, --gossip-rounds and --shakespeare-rounds must "
+                     "be >= 2 (the first round is start-up)")
     return args
 
 

@@ -10,7 +10,6 @@ from ``server.launch``; running and checking the app is done here.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
@@ -20,19 +19,7 @@ from pathlib import Path
 
 import server.launch as launch
 from bench.procmem import TreeMemory
-from server.launch import CONNECTION, LocalSimulation, toml_value
-
-
-def run_status(env: dict, run_id: str) -> str:
-    """The run's final status from ``flwr ls`` (``flwr run --stream`` can exit 0 for a
-    failed run), e.g. ``finished:completed``."""
-    result = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    try:
-        runs = json.loads(result.stdout)["runs"]
-    except (json.JSONDecodeError, KeyError):
-        return "unknown"
-    return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
+from server.launch import CONNECTION, LocalSimulation, run_status, toml_value
 
 
 @dataclass
