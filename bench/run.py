@@ -95,23 +95,30 @@ def round_stats(seconds: list[float], examples: int | None) -> dict:
 
 # ----------------------------------------------------------------------------- the systems
 
-def pure_compute(overrides: dict, clients: int, rounds: int, threads: int, fraction: float = 1.0,
-                 min_nodes: int = 2) -> dict:
-    """(a) in a subprocess of its own, so that its memory is measured alone."""
+
+def run_measured(module: str, args: list[str]) -> tuple[dict, float, TreeMemory]:
+    """Run ``python -m module ... --out FILE`` in a process of its own (so its memory is
+    measured alone); its JSON result, wall seconds and memory record."""
     with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
-        out = Path(tmp) / "pure.json"
-        cmd = [sys.executable, "-m", "bench.pure", "--clients", str(clients), "--rounds",
-               str(rounds), "--fraction", str(fraction), "--min-nodes", str(min_nodes),
-               "--threads", str(threads), "--overrides", json.dumps(overrides), "--out", str(out)]
+        out = Path(tmp) / "result.json"
         start = time.perf_counter()
         with TreeMemory() as memory:
-            proc = subprocess.Popen(cmd, cwd=REPO)
+            proc = subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out)],
+                                    cwd=REPO)
             memory.add(proc.pid)
             proc.wait()
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise RuntimeError(f"bench.pure failed with exit code {proc.returncode}")
-        result = json.loads(out.read_text())
+            raise RuntimeError(f"{module} failed with exit code {proc.returncode}")
+        return json.loads(out.read_text()), wall, memory
+
+def pure_compute(overrides: dict, clients: int, rounds: int, threads: int, fraction: float = 1.0,
+                 min_nodes: int = 2) -> dict:
+    """(a) in a subprocess of its own, so that its memory is measured alone."""
+    result, wall, memory = run_measured(
+        "bench.pure", ["--clients", str(clients), "--rounds", str(rounds), "--fraction",
+                       str(fraction), "--min-nodes", str(min_nodes), "--threads", str(threads),
+                       "--overrides", json.dumps(overrides)])
     records = result["rounds"]
     examples = records[0]["examples"] if records else None
     return {
@@ -302,20 +309,10 @@ def reference_compute(kind: str, overrides: dict, clients: int, rounds: int, thr
                       samples: int) -> dict:
     """(a) for gossip-digits / clipped-shakespeare: fedlocal's one-process reference
     simulator (``bench.pure_reference``) in a subprocess of its own."""
-    with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
-        out = Path(tmp) / "pure.json"
-        cmd = [sys.executable, "-m", "bench.pure_reference", "--kind", kind, "--clients",
-               str(clients), "--rounds", str(rounds), "--threads", str(threads),
-               "--overrides", json.dumps(overrides), "--out", str(out)]
-        start = time.perf_counter()
-        with TreeMemory() as memory:
-            proc = subprocess.Popen(cmd, cwd=REPO)
-            memory.add(proc.pid)
-            proc.wait()
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench.pure_reference failed with exit code {proc.returncode}")
-        result = json.loads(out.read_text())
+    result, wall, memory = run_measured(
+        "bench.pure_reference", ["--kind", kind, "--clients", str(clients), "--rounds",
+                                 str(rounds), "--threads", str(threads),
+                                 "--overrides", json.dumps(overrides)])
     return {
         **round_stats(result["round_seconds"], samples),
         "startup": result["startup"],
