@@ -205,23 +205,29 @@ def resolve_layers(overrides: Mapping[str, Any] | None = None) -> list[tuple[str
     return layers + preset_layer + [("the overrides", overrides)]
 
 
+def _typed_config(typed: dict[str, Any], missing_hint: str) -> Config:
+    """Every key present, every value allowed, then the typed ``Config`` and the rules that
+    involve more than one key. ``typed`` has already passed ``_check_type``."""
+    missing = [key for key in FIELDS if key not in typed]
+    if missing:
+        raise ConfigError(f"{missing_hint}: {', '.join(missing)}.")
+    for key, value in typed.items():
+        _check_value(key, value)
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), unflatten(typed)))
+    except OmegaConfBaseException as err:  # pragma: no cover - types were checked above
+        raise ConfigError(str(err)) from err
+    _check_consistency(cfg)
+    return cfg
+
+
 def load_config(overrides: Mapping[str, Any] | None = None) -> Config:
     """Merge every layer, check every value and return the typed ``Config``."""
     merged: dict[str, Any] = {}
     for source, layer in resolve_layers(overrides):
         for key, value in layer.items():
             merged[key] = _check_type(key, value, source)
-    missing = [key for key in FIELDS if key not in merged]
-    if missing:
-        raise ConfigError(f"conf/base.yaml lacks a default for: {', '.join(missing)}.")
-    for key, value in merged.items():
-        _check_value(key, value)
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), unflatten(merged)))
-    except OmegaConfBaseException as err:  # pragma: no cover - types were checked above
-        raise ConfigError(str(err)) from err
-    _check_consistency(cfg)
-    return cfg
+    return _typed_config(merged, "conf/base.yaml lacks a default for")
 
 
 def to_flat(cfg: Config) -> dict[str, Any]:
@@ -231,12 +237,10 @@ def to_flat(cfg: Config) -> dict[str, Any]:
 
 def from_flat(flat: Mapping[str, Any]) -> Config:
     """Rebuild a ``Config`` from ``to_flat`` output (e.g. on the client), fully checked."""
-    _check_known(flat, "the received config")
-    for key, value in flat.items():
-        _check_value(key, _check_type(key, value, "the received config"))
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), unflatten(flat)))
-    _check_consistency(cfg)
-    return cfg
+    source = "the received config"
+    _check_known(flat, source)
+    typed = {key: _check_type(key, value, source) for key, value in flat.items()}
+    return _typed_config(typed, f"{source} lacks")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -106,7 +106,6 @@ class GossipPGA(FedAvg):
         ]
         self.expected_shapes = {name: shape for name, (shape, _) in self.layout.items()}
         self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
-        self.sent_to = set(payloads)
         return messages
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:

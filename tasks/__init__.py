@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData
 from tasks.models import build_model
-from tasks.partition import partition_all
+from tasks.partition import check_partition_id, partition_all
 
 __all__ = [
     "Split", "TaskData", "client_split", "evaluate", "federation", "load_task", "make_loss",
@@ -90,10 +90,7 @@ def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
 
 @lru_cache(maxsize=64)
 def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int) -> Split:
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
-        )
+    check_partition_id(partition_id, num_partitions)
     return _load(key).train.subset(_partitions(key, partition, num_partitions)[partition_id])
 
 

@@ -22,6 +22,13 @@ def _natural_clients(groups: np.ndarray, num_partitions: int, seed: int) -> np.n
     return client_of_group[groups]
 
 
+def check_partition_id(partition_id: int, num_partitions: int) -> None:
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
+        )
+
+
 def partition_all(
     scheme: str,
     num_partitions: int,
@@ -94,8 +101,5 @@ def partition_indices(
     **options,
 ) -> np.ndarray:
     """Indices of the training examples that belong to client ``partition_id``."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions)."
-        )
+    check_partition_id(partition_id, num_partitions)
     return partition_all(scheme, num_partitions, labels, groups, **options)[partition_id]
