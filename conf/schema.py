@@ -172,6 +172,11 @@ class StrategySection:
     min_available_nodes: int = opt(
         "Nodes that must be connected before a round starts.", ge=1
     )
+    min_replies: int = opt(
+        "fedavg/clipped_fedavg/naive_clipping: fewest sound replies a round may average; "
+        "a round with fewer (nodes dropped, timed out or sent bad arrays) stops the run.",
+        ge=1,
+    )
     fraction_evaluate: float = opt(
         "Fraction of nodes for federated evaluation on their local data "
         "(0 = central evaluation only).",
@@ -182,7 +187,8 @@ class StrategySection:
         "Seconds to wait for the replies of one round.", gt=0.0
     )
     node_wait: float = opt(
-        "Seconds the ServerApp waits for `min_available_nodes` SuperNodes before it stops "
+        "Seconds the ServerApp waits for `min_available_nodes` SuperNodes (before the run and "
+        "before each FedAvg round) before it stops "
         "with an error (instead of waiting forever).",
         gt=0.0,
     )

@@ -8,7 +8,6 @@ model and evaluation from ``tasks``; the run folder from ``server.results``.
 
 from __future__ import annotations
 
-import time
 from logging import ERROR, INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -17,8 +16,10 @@ from flwr.serverapp import Grid, ServerApp
 
 import tasks
 from conf import load_config, to_flat
+from server.grid import PollingGrid
 from server.results import RunFolder
 from strategies import build_strategy
+from strategies.fedavg import wait_for_nodes
 from strategies.topology import beta
 from tasks.diagnostics import Tracker
 
@@ -34,21 +35,6 @@ def user_overrides(grid: Grid, context: Context) -> dict:
     except (AttributeError, RuntimeError):
         log(WARNING, "Run overrides unavailable; using the full run_config as overrides.")
         return dict(context.run_config)
-
-
-def wait_for_nodes(grid: Grid, at_least: int, timeout: float, poll: float = 1.0) -> int:
-    """How many SuperNodes are connected, once at least ``at_least`` are; an error after
-    ``timeout`` seconds (Flower's own sampling would wait forever)."""
-    deadline = time.monotonic() + timeout
-    while (count := len(list(grid.get_node_ids()))) < at_least:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"Only {count} SuperNode(s) connected after {timeout:.0f} s but "
-                f"strategy.min_available_nodes = {at_least}: start more SuperNodes (simulation: "
-                "--federation-config \"num-supernodes=N\") or lower strategy.min_available_nodes."
-            )
-        time.sleep(poll)
-    return count
 
 
 def progress_line(record: dict, rounds: int) -> str:
@@ -75,11 +61,7 @@ def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[s
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(user_overrides(grid, context))
-    if hasattr(grid, "pull_interval"):
-        # Simulation's in-memory grid polls for replies every 0.1 s: longer than a whole
-        # gossip iteration's compute. 0.01 s cut a 16-node gossip iteration from 0.227 to
-        # 0.196 s in bench/ (docs/benchmarks.md, recommendation 5).
-        grid.pull_interval = 0.01
+    grid = PollingGrid(grid)  # replies polled every 0.1 s (deployment) / 0.01 s, not 3 s / 0.1 s
     data = tasks.load_task(cfg)
     model = tasks.make_model(cfg, data).to(tasks.pick_device(cfg.train.device))
     loss_fn = tasks.make_loss(cfg, data)

@@ -10,6 +10,8 @@ def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes
     s = cfg.strategy
     sampling = {
         "weighting": s.weighting,
+        "min_replies": s.min_replies,
+        "node_wait": s.node_wait,
         "fraction_train": s.fraction_train,
         "fraction_evaluate": s.fraction_evaluate,
         "min_train_nodes": s.min_train_nodes,

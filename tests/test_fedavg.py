@@ -85,6 +85,41 @@ def test_bad_replies_never_enter_the_average(flower_identity, caplog, bad, reaso
     assert f"Rejected the reply of node {node}: " in caplog.text and reason in caplog.text
 
 
+def test_silent_nodes_are_logged_and_the_round_goes_on(flower_identity, caplog):
+    cfg = load_config({"strategy.min_train_nodes": 3, "strategy.min_available_nodes": 3})
+    strategy, messages = setup_round(cfg, {"w": np.zeros((2, 2), np.float32)}, [1, 2, 3])
+    replies = [reply_to(m, {"w": np.full((2, 2), float(k), np.float32)}, 10)
+               for k, m in enumerate(messages[:2])]  # node 3 was killed: no reply at all
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.full((2, 2), 0.5, np.float32))
+    assert metrics["num-replies"] == 2 and metrics["num-failures"] == 1
+    silent = messages[2].metadata.dst_node_id  # sampling shuffles the nodes
+    assert f"Round 1: no reply from node(s) {silent}; going on with 2 reply(ies)." in caplog.text
+
+
+def test_fewer_sound_replies_than_min_replies_stop_the_run(flower_identity):
+    from strategies.fedavg import DropoutError
+
+    cfg = load_config({"strategy.min_train_nodes": 3, "strategy.min_available_nodes": 3,
+                       "strategy.min_replies": 2})
+    strategy, messages = setup_round(cfg, {"w": np.zeros((2, 2), np.float32)}, [1, 2, 3])
+    good = reply_to(messages[0], {"w": np.ones((2, 2), np.float32)}, 10)
+    poisoned = reply_to(messages[1], {"w": np.full((2, 2), np.inf, np.float32)}, 10)
+    silent = messages[2].metadata.dst_node_id
+    with pytest.raises(DropoutError, match=rf"only 1 sound reply\(ies\) of 3 sent.*min_replies=2"
+                                          rf".*silent: \[{silent}\]"):
+        strategy.aggregate_train(1, [good, poisoned])
+
+
+def test_a_round_waits_for_min_available_nodes_then_says_so(flower_identity):
+    cfg = load_config({"strategy.min_available_nodes": 3, "strategy.node_wait": 0.05})
+    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)))
+    record = ArrayRecord({"w": torch.zeros(2)})
+    with pytest.raises(RuntimeError, match="Only 2 SuperNode.*min_available_nodes = 3"):
+        strategy.configure_train(2, record, ConfigRecord(), FakeGrid([1, 2]))
+
+
 def client_context(partition_id, num_partitions):
     return Context(run_id=1, node_id=partition_id + 100, state=RecordDict(), run_config={},
                    node_config={P.PARTITION_ID: partition_id, P.NUM_PARTITIONS: num_partitions})

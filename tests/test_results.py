@@ -46,7 +46,7 @@ def test_a_failed_run_keeps_its_records_and_says_why(tmp_path):
 def test_too_few_supernodes_is_an_error_not_a_hang():
     import pytest
 
-    from server.app import wait_for_nodes
+    from strategies.fedavg import wait_for_nodes
 
     class Grid:
         def __init__(self, ids):
