@@ -4,6 +4,17 @@ Flower-facing code only: read the message and node config, call plain functions 
 ``tasks`` and ``client.train``, wrap the result in records. Data, model and parsed
 config stay resident in the process between rounds (an LRU cache keyed by every config
 value that shapes them); momentum that must persist lives in ``context.state``.
+
+Where a node's data comes from (its node config):
+
+- ``data-path=<file>``: a real device's own data (``tasks.local_data``: ``.npz`` or, for
+  shakespeare, ``.txt``), trained and evaluated on; the central data set is never loaded
+  (the model and loss come from ``tasks.task_spec``). ``partition-id`` is optional; when
+  given it seeds the node's mini-batch order and is its Gossip-PGA graph index, otherwise
+  the seed comes from the Flower node id. Gossip-PGA needs a distinct ``partition-id`` in
+  0..n-1 on every node: a node without one answers its first gossip message with an error.
+- otherwise ``partition-id`` and ``num-partitions``: client ``partition-id``'s slice of
+  the central data set (simulation sets both itself).
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import tasks
 from client import protocol as P
 from client.train import global_norm, local_train, minibatch_gradient, round_seed, steps_for
 from conf import from_flat
+from tasks.local_data import load_local
+from tasks.partition import check_partition_id
 
 app = ClientApp()
 
@@ -45,37 +58,71 @@ def partition_of(context: Context) -> tuple[int, int]:
     node = context.node_config
     if P.PARTITION_ID not in node or P.NUM_PARTITIONS not in node:
         raise ValueError(
-            "This SuperNode's node config lacks partition-id/num-partitions; start it with "
+            "This SuperNode's node config has neither data-path (the device's own data file) "
+            "nor partition-id/num-partitions (a slice of the central data set); start it with "
+            "--node-config \"data-path='/path/to/data.npz'\" or with "
             "--node-config 'partition-id=0 num-partitions=2' (simulation sets them itself)."
         )
     return int(node[P.PARTITION_ID]), int(node[P.NUM_PARTITIONS])
 
 
+def node_partition_id(context: Context) -> int | None:
+    """The node's partition-id: required without data-path, optional with it (None)."""
+    node = context.node_config
+    if P.DATA_PATH not in node:
+        return partition_of(context)[0]
+    if P.PARTITION_ID not in node:
+        return None
+    partition_id = int(node[P.PARTITION_ID])
+    if P.NUM_PARTITIONS in node:
+        check_partition_id(partition_id, int(node[P.NUM_PARTITIONS]))
+    return partition_id
+
+
+def node_split(cfg, spec: tasks.TaskSpec, context: Context) -> tasks.Split:
+    """The node's data: its own file (data-path) or its slice of the central data set."""
+    node = context.node_config
+    if P.DATA_PATH in node:
+        return load_local(str(node[P.DATA_PATH]), spec)
+    return tasks.client_split(cfg, *partition_of(context), disk_cache=True)
+
+
 @lru_cache(maxsize=4)
 def _resident_model(key: tuple, device: str) -> torch.nn.Module:
     cfg = _config(key)
-    return tasks.make_model(cfg, tasks.load_task(cfg)).to(device)
+    return tasks.make_model(cfg, tasks.task_spec(cfg)).to(device)
 
 
 def _setup(msg: Message, context: Context):
     cfg, key = received_config(msg)
-    partition_id, num_partitions = partition_of(context)
-    data = tasks.load_task(cfg)
-    split = tasks.client_split(cfg, partition_id, num_partitions)
+    partition_id = node_partition_id(context)
+    spec = tasks.task_spec(cfg)
+    split = node_split(cfg, spec, context)
     device = tasks.pick_device(cfg.train.device)
     model = _resident_model(key, str(device))
     model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
-    return cfg, data, split, model, partition_id
+    return cfg, spec, split, model, partition_id
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training (or, for the naive clipping baseline, one mini-batch gradient)."""
-    cfg, data, split, model, partition_id = _setup(msg, context)
+    cfg, spec, split, model, partition_id = _setup(msg, context)
     t, config = cfg.train, msg.content[P.CONFIG]
+    want_index = config.get(P.WANT_PARTITION_ID, False)
+    if want_index and partition_id is None:
+        raise ValueError(
+            "Gossip-PGA places every node on its graph by partition-id, and this SuperNode "
+            f"(data-path={context.node_config[P.DATA_PATH]!r}) has none. Give every SuperNode "
+            "a distinct partition-id in 0..n-1 next to its data-path, e.g. --node-config "
+            "\"data-path='/data/mine.npz' partition-id=0\"."
+        )
     server_round = int(config[P.SERVER_ROUND])
-    seed = round_seed(cfg.run.seed, partition_id, server_round)
-    loss_fn = tasks.make_loss(cfg, data)
+    # batch order: one stream per (run, node, round); a device without partition-id is
+    # told apart by its Flower node id
+    node = partition_id if partition_id is not None else int(context.node_id)
+    seed = round_seed(cfg.run.seed, node, server_round)
+    loss_fn = tasks.make_loss(cfg, spec)
     if config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT:
         start = time.perf_counter()
         grads, loss = minibatch_gradient(model, split, loss_fn, batch_size=t.batch_size, seed=seed)
@@ -85,9 +132,25 @@ def train(msg: Message, context: Context) -> Message:
                            float(global_norm(grads)), 0.0)
     else:
         arrays, metrics = _train(cfg, msg, context, split, model, loss_fn, seed)
-    if config.get(P.WANT_PARTITION_ID, False):
+    if want_index:
         metrics[P.PARTITION_ID] = partition_id
+    if P.FAULT in context.node_config:
+        arrays = corrupted(arrays, str(context.node_config[P.FAULT]))
     return Message(content=RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
+
+
+def corrupted(arrays: ArrayRecord, fault: str) -> ArrayRecord:
+    """A broken client, for testing the server's defences (node config ``fault``): ``nan``
+    fills the first array with NaN, ``shape`` adds a row to it."""
+    state = arrays.to_torch_state_dict()
+    first = next(iter(state))
+    if fault == "nan":
+        state[first] = torch.full_like(state[first], float("nan"))
+    elif fault == "shape":
+        state[first] = torch.cat([state[first], state[first][:1]])
+    else:
+        raise ValueError(f"node config fault={fault!r}: use 'nan' or 'shape'.")
+    return ArrayRecord(state)
 
 
 def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
@@ -131,8 +194,8 @@ def _train(cfg, msg, context, split, model, loss_fn, seed):
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation of the received model on this client's own data."""
-    cfg, data, split, model, _ = _setup(msg, context)
-    metrics = tasks.evaluate(model, split, tasks.make_loss(cfg, data), data.kind, cfg.eval.batch_size)
+    cfg, spec, split, model, _ = _setup(msg, context)
+    metrics = tasks.evaluate(model, split, tasks.make_loss(cfg, spec), spec.kind, cfg.eval.batch_size)
     record = MetricRecord({
         P.NUM_EXAMPLES: len(split),
         P.EVAL_LOSS: metrics["loss"],

@@ -23,6 +23,8 @@ MODE_TRAIN, MODE_GRADIENT = "train", "gradient"  # gradient: reply one mini-batc
 # node config (simulation: set by Flower; deployment: --node-config)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+DATA_PATH = "data-path"  # a device's own data file (tasks.local_data); replaces the central slice
+FAULT = "fault"  # testing the server's defences: "nan" or "shape" corrupts every training reply
 
 # reply metrics; NUM_EXAMPLES (or UNIT_WEIGHT, for uniform averages) is what FedAvg weights by
 NUM_EXAMPLES = "num-examples"

@@ -1,8 +1,11 @@
 """The plain ML side of fedlocal: data, models, losses and evaluation. No flwr imports.
 
 ``load_task(cfg)`` returns the task's data (cached per process, keyed by every config
-value that shapes it), ``client_split`` a client's partition of it, ``make_model`` the
-model, ``make_loss`` the loss and ``evaluate`` the metrics of a model on a split.
+value that shapes it), ``client_split`` a client's partition of it, ``task_spec(cfg)`` the
+task's kind, outputs and input shape from the config alone (no data loaded: what a device
+with only its own data, ``tasks.local_data``, builds the model and loss from),
+``make_model`` the model, ``make_loss`` the loss and ``evaluate`` the metrics of a model
+on a split.
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData
+from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData, TaskSpec
 from tasks.models import build_model
 from tasks.partition import check_partition_id, partition_all
 
 __all__ = [
-    "Split", "TaskData", "client_split", "evaluate", "federation", "load_task", "make_loss",
-    "make_model",
-    "model_name", "pick_device",
+    "Split", "TaskData", "TaskSpec", "client_split", "evaluate", "federation", "load_task",
+    "make_loss", "make_model", "model_name", "pick_device", "task_spec",
 ]
 
 
@@ -34,6 +36,24 @@ def pick_device(requested: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def task_spec(cfg) -> TaskSpec:
+    """The task's kind, number of outputs and input shape, from the config alone. Equal to
+    what ``load_task(cfg)`` reports (tests hold them equal), without loading any data."""
+    name = cfg.task.name
+    if name in ("digits", "fmnist"):
+        from tasks.vision import DIGITS_SHAPE, FMNIST_SHAPE, NUM_CLASSES
+
+        shape = DIGITS_SHAPE if name == "digits" else FMNIST_SHAPE
+        return TaskSpec(name, CLASSIFICATION, NUM_CLASSES, shape)
+    if name == "teacher":
+        return TaskSpec(name, REGRESSION, 1, (cfg.data.input_dim,))
+    if name == "shakespeare":
+        from tasks.shakespeare import VOCAB
+
+        return TaskSpec(name, LANGUAGE, len(VOCAB), (cfg.data.seq_len,))
+    raise ValueError(f"Unknown task {name!r}.")
 
 
 def _data_key(cfg) -> tuple:
@@ -89,16 +109,26 @@ def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
 
 
 @lru_cache(maxsize=64)
-def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int) -> Split:
+def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int,
+                  disk: bool) -> Split:
     check_partition_id(partition_id, num_partitions)
-    return _load(key).train.subset(_partitions(key, partition, num_partitions)[partition_id])
+
+    def build() -> Split:
+        return _load(key).train.subset(_partitions(key, partition, num_partitions)[partition_id])
+
+    if not disk:
+        return build()
+    from tasks.cache import cached_split
+
+    return cached_split((key, partition, num_partitions, partition_id), key[1], build)
 
 
-def client_split(cfg, partition_id: int, num_partitions: int) -> Split:
-    """Client ``partition_id``'s share of the training pool (cached per process)."""
+def client_split(cfg, partition_id: int, num_partitions: int, disk_cache: bool = False) -> Split:
+    """Client ``partition_id``'s share of the training pool (cached per process; with
+    ``disk_cache`` also on disk, for processes that live for one message: ``tasks.cache``)."""
     d = cfg.data
     partition = (d.partition, d.alpha, d.classes_per_client, d.min_partition_size, cfg.run.seed)
-    return _client_split(_data_key(cfg), partition, num_partitions, partition_id)
+    return _client_split(_data_key(cfg), partition, num_partitions, partition_id, disk_cache)
 
 
 def federation(cfg, num_clients: int):
@@ -115,9 +145,10 @@ def model_name(cfg) -> str:
     return "lstm" if cfg.task.name == "shakespeare" else "mlp"
 
 
-def make_model(cfg, data: TaskData) -> torch.nn.Module:
-    """A freshly initialised model; the same ``run.seed`` gives the same weights. The
-    global RNG is left as it was."""
+def make_model(cfg, data: TaskData | TaskSpec) -> torch.nn.Module:
+    """A freshly initialised model for the task's shape (``data``: its data or its
+    ``task_spec``); the same ``run.seed`` gives the same weights. The global RNG is left
+    as it was."""
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed)
@@ -125,9 +156,10 @@ def make_model(cfg, data: TaskData) -> torch.nn.Module:
                            m.depth, m.embed_dim)
 
 
-def make_loss(cfg, data: TaskData):
+def make_loss(cfg, data: TaskData | TaskSpec):
     """``loss(output, target) -> scalar``: cross-entropy, or half the squared error per
-    example (``0.5 * mean_i ||f(x_i) - y_i||^2``, one-hot targets for classifiers)."""
+    example (``0.5 * mean_i ||f(x_i) - y_i||^2``, one-hot targets for classifiers).
+    ``data``: the task's data or its ``task_spec`` (only ``kind`` is read)."""
     squared = data.kind == REGRESSION or cfg.task.loss == "mse"
     if data.kind == LANGUAGE:
         return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))

@@ -2,7 +2,9 @@
 
 A task loader returns a ``TaskData``: the whole training pool (split over clients later by
 ``tasks.partition``), the server's held-out test set, and the column the partitioners
-split by (class labels, binned regression targets, or speaking roles).
+split by (class labels, binned regression targets, or speaking roles). A ``TaskSpec`` is
+what the model and the loss need of a task (kind, outputs, input shape); it follows from
+the config alone, so a device with only its own data can build both.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ class Split:
 
     def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's shape, known without its data: ``make_model`` and ``make_loss`` accept it
+    wherever they accept a ``TaskData`` (same attribute names)."""
+
+    name: str  # task.name
+    kind: str  # CLASSIFICATION | REGRESSION | LANGUAGE
+    num_outputs: int  # classes, regression outputs, or vocabulary size
+    input_shape: tuple[int, ...]  # shape of one input (without the batch dimension)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def parse_roles(text: str) -> list[tuple[str, str]]:
     skipped, and so are speaker lines with nothing spoken under them (tiny Shakespeare has
     125 of those; they would only add a lone newline to the role's text).
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = normalise_newlines(text).split("\n")
     roles: list[tuple[str, str]] = []
     block: list[str] = []
     for line in [*lines, ""]:  # the sentinel blank line closes the last block
@@ -143,6 +143,25 @@ def _resolve_path(path: str, download: bool) -> Path:
     return file
 
 
+def normalise_newlines(text: str) -> str:
+    """``\\r\\n`` and lone ``\\r`` become ``\\n`` (the vocabulary has no ``\\r``)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def cut_windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
+    """``(n, seq_len + 1)``: ``ids`` cut into consecutive non-overlapping windows from the
+    start; the ``len(ids) % (seq_len + 1)`` ids left at the end are dropped."""
+    window = seq_len + 1
+    n = len(ids) // window
+    return np.asarray(ids[: n * window], dtype=np.int64).reshape(n, window)
+
+
+def window_split(windows: np.ndarray) -> Split:
+    """Inputs ``w[:-1]`` and next-character targets ``w[1:]`` of every window."""
+    rows = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.int64))
+    return Split(rows[:, :-1].contiguous(), rows[:, 1:].contiguous())
+
+
 def _num_test(test_fraction: float, n: int) -> int:
     """``ceil(test_fraction * n)``, at least 1, leaving at least 1 training window.
 
@@ -188,11 +207,10 @@ def load_shakespeare(
     window = seq_len + 1
     train_parts, test_parts, train_roles, test_roles = [], [], [], []
     for pieces in role_texts.values():
-        ids = encode("".join(pieces))
-        n = len(ids) // window
+        windows = cut_windows(encode("".join(pieces)), seq_len)
+        n = len(windows)
         if n < 2:
             continue
-        windows = ids[: n * window].reshape(n, window)
         n_test = _num_test(test_fraction, n)
         role = len(train_parts)
         train_parts.append(windows[: n - n_test])
@@ -205,12 +223,10 @@ def load_shakespeare(
             "characters; lower data.seq_len."
         )
 
-    train = torch.from_numpy(np.concatenate(train_parts))
-    test = torch.from_numpy(np.concatenate(test_parts))
     roles = np.concatenate(train_roles)
     return TaskData(
-        train=Split(train[:, :-1].contiguous(), train[:, 1:].contiguous()),
-        test=Split(test[:, :-1].contiguous(), test[:, 1:].contiguous()),
+        train=window_split(np.concatenate(train_parts)),
+        test=window_split(np.concatenate(test_parts)),
         kind=LANGUAGE,
         num_outputs=len(VOCAB),
         input_shape=(seq_len,),

@@ -10,6 +10,11 @@ import torch
 
 from tasks.base import CLASSIFICATION, Split, TaskData
 
+NUM_CLASSES = 10
+DIGITS_SHAPE = (1, 8, 8)
+FMNIST_SHAPE = (1, 28, 28)
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # of the training images scaled to [0, 1]
+
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -49,8 +54,8 @@ def load_digits(test_fraction: float, seed: int) -> TaskData:
         train=Split(x[train], y[train]),
         test=Split(x[test], y[test]),
         kind=CLASSIFICATION,
-        num_outputs=10,
-        input_shape=(1, 8, 8),
+        num_outputs=NUM_CLASSES,
+        input_shape=DIGITS_SHAPE,
         labels=bunch.target[train],
     )
 
@@ -110,16 +115,27 @@ def load_fmnist(path: str, download: bool) -> TaskData:
             raise FileNotFoundError(FMNIST_HELP)
         folder = _torchvision_download(Path("~/.cache/fedlocal").expanduser())
     arrays = {key: _read_idx(_idx_file(folder, name)) for key, name in FMNIST_FILES.items()}
-    # Standardise with the training set's mean/std (0.2860, 0.3530).
-    def images(raw):
-        x = torch.from_numpy(raw.copy()).float().div_(255.0).unsqueeze(1)
-        return x.sub_(0.2860).div_(0.3530)
-
+    images = IMAGES_FROM_UINT8["fmnist"]
     return TaskData(
         train=Split(images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64))),
         test=Split(images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64))),
         kind=CLASSIFICATION,
-        num_outputs=10,
-        input_shape=(1, 28, 28),
+        num_outputs=NUM_CLASSES,
+        input_shape=FMNIST_SHAPE,
         labels=arrays["train_y"].astype(np.int64),
     )
+
+
+def _scaled(raw: np.ndarray) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, 1, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.array(raw, dtype=np.uint8)).float().div_(255.0).unsqueeze(1)
+
+
+def _standardised(raw: np.ndarray) -> torch.Tensor:
+    """Fashion-MNIST's input: scaled to [0, 1], then the training set's mean/std removed."""
+    return _scaled(raw).sub_(FMNIST_MEAN).div_(FMNIST_STD)
+
+
+# What each image task makes of 8-bit (N, H, W) images: the server's Fashion-MNIST
+# images and a device's uint8 file (tasks.local_data) go through the same function.
+IMAGES_FROM_UINT8 = {"digits": _scaled, "fmnist": _standardised}

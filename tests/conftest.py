@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The ClientApp's split cache (tasks.cache) goes to a folder of this test session's own,
+# inherited by every Flower process a test starts, never to the user's ~/.cache.
+_CACHE = tempfile.TemporaryDirectory(prefix="fedlocal-test-cache-")
+os.environ["FEDLOCAL_CACHE"] = _CACHE.name
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 

@@ -167,6 +167,40 @@ def test_max_train_subsamples_the_pool():
     assert np.array_equal(data.labels, data.train.y.numpy())
 
 
+# ----------------------------------------------------------------------- task_spec
+@pytest.mark.parametrize(
+    "case, extra",
+    [("digits", {}), ("fmnist", {}), ("fmnist-cnn", {}), ("teacher", {}),
+     ("teacher", {"data.input_dim": 5}), ("shakespeare-lstm", {}),
+     ("shakespeare-lstm", {"data.seq_len": 33})],
+    ids=["digits", "fmnist", "fmnist-cnn", "teacher", "teacher-dim5", "shakespeare",
+         "shakespeare-seq33"],
+)
+def test_task_spec_equals_what_load_task_reports(case, extra):
+    cfg = config(case, **extra)
+    if cfg.task.name == "fmnist" and not DEBIAN_FMNIST.is_dir():
+        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FMNIST}")
+    spec = tasks.task_spec(cfg)
+    data = tasks.load_task(cfg)
+    assert spec.name == cfg.task.name
+    assert (spec.kind, spec.num_outputs, spec.input_shape) == (
+        data.kind, data.num_outputs, data.input_shape)
+    assert tuple(data.train.x.shape[1:]) == spec.input_shape
+    from_spec, from_data = tasks.make_model(cfg, spec), tasks.make_model(cfg, data)
+    assert all(torch.equal(a, b) for a, b in zip(from_spec.state_dict().values(),
+                                                  from_data.state_dict().values(), strict=True))
+
+
+def test_task_spec_loads_no_data(monkeypatch, tmp_path):
+    """fmnist with its data absent: the spec still comes from the config alone."""
+    def no_data(*args):
+        raise AssertionError("task_spec loaded data")
+
+    monkeypatch.setattr(tasks, "_load", no_data)
+    cfg = config("fmnist", **{"data.path": str(tmp_path / "absent"), "data.download": False})
+    assert tasks.task_spec(cfg) == tasks.TaskSpec("fmnist", CLASSIFICATION, 10, (1, 28, 28))
+
+
 # ----------------------------------------------------------------------- evaluate
 def test_evaluate_classification_matches_a_direct_computation():
     cfg = config("digits")
@@ -320,3 +354,13 @@ def test_pick_device_rules(monkeypatch):
         tasks.pick_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert tasks.pick_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    "cuda, mps, want",
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert tasks.pick_device("auto") == torch.device(want)
