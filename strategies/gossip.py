@@ -126,6 +126,10 @@ class GossipPGA(FedAvg):
         replies = list(replies)
         received = sum(P.payload_bytes(r.content) for r in replies if not r.has_error())
         kept, _ = self.sound_replies(replies)
+        for reply in replies:
+            if reply.has_error():  # the client's own reason, e.g. a missing partition-id
+                log(WARNING, "Gossip-PGA round %d: node %s replied with an error: %s",
+                    server_round, reply.metadata.src_node_id, reply.error.reason)
         by_node = {r.metadata.src_node_id: r for r in kept if not r.has_error()}
         if self.X is None:
             self._learn_indices(by_node)

@@ -217,6 +217,19 @@ def test_renormalize_drops_the_node_and_averages_the_rest(flower_identity, caplo
     assert len(list(strategy.configure_train(3, start, ConfigRecord(), FakeGrid([1, 2, 3, 4])))) == 3
 
 
+def test_an_error_reply_is_logged_with_its_reason_and_follows_the_policy(flower_identity, caplog):
+    from flwr.app import Error
+
+    strategy, start = hosted(4)
+    messages = run_round_one(strategy, start, [1, 2, 3, 4])
+    replies = [client_reply(m, i, 0.0) for i, m in enumerate(messages)][:3]
+    replies.append(Message(Error(code=0, reason="no partition-id"), reply_to=messages[3]))
+    with pytest.raises(NodeFailure, match=r"graph node\(s\) \[3\] did not answer"):
+        strategy.aggregate_train(2, replies)
+    node = messages[3].metadata.dst_node_id
+    assert f"round 2: node {node} replied with an error: no partition-id" in caplog.text
+
+
 def test_partition_ids_must_cover_the_graph(flower_identity):
     strategy, start = hosted(3)
     messages = list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid([1, 2, 3])))
