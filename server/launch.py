@@ -32,6 +32,7 @@ from typing import Self
 from conf.load import parse_run_config
 
 APP_DIR = Path(__file__).resolve().parents[1]
+CERTS_SCRIPT = APP_DIR / "deploy" / "certs.sh"
 CONNECTION = "fedlocal-sim"
 
 
@@ -60,6 +61,14 @@ def run_status(env: dict, run_id: str) -> str:
     except (json.JSONDecodeError, KeyError):
         return "unknown"
     return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
+
+
+def make_certs(folder: Path, num_nodes: int) -> None:
+    """CA, SuperLink certificate and ``num_nodes`` SuperNode key pairs (deploy/certs.sh)."""
+    result = subprocess.run(["bash", str(CERTS_SCRIPT), str(folder), str(num_nodes)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{CERTS_SCRIPT} failed:\n{result.stdout}{result.stderr}")
 
 
 def _start(cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
@@ -92,10 +101,16 @@ class _LocalFlower:
 
     superlink_flags: tuple[str, ...] = ()
 
-    def __init__(self, flwr_home: str | Path | None = None, startup_timeout: float = 60.0):
+    def __init__(self, flwr_home: str | Path | None = None, startup_timeout: float = 60.0,
+                 secure: bool = False, app_dir: str | Path = APP_DIR, env: dict | None = None):
+        """``env``: extra environment variables for every Flower process (e.g.
+        ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``); ``app_dir``: the app ``flwr run`` bundles."""
         self._tmp = None if flwr_home else tempfile.TemporaryDirectory(prefix="fedlocal-flwr-")
         self.home = Path(flwr_home or self._tmp.name)
         self.startup_timeout = startup_timeout
+        self.secure = secure
+        self.app_dir = Path(app_dir)
+        self.certs = self.home / "certs"
         self.process: subprocess.Popen | None = None
         self.port, self.fleet_port = free_port(), free_port()
         self.env = {
@@ -103,16 +118,25 @@ class _LocalFlower:
             "FLWR_HOME": str(self.home),
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            **(env or {}),
         }
 
     def __enter__(self) -> Self:
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            make_certs(self.certs, self.num_keys())
+            tls = f'root-certificates = "{self.certs / "ca.crt"}"'
+            security = ["--ssl-ca-certfile", str(self.certs / "ca.crt"),
+                        "--ssl-certfile", str(self.certs / "server.pem"),
+                        "--ssl-keyfile", str(self.certs / "server.key"), "--enable-supernode-auth"]
+        else:
+            tls, security = "insecure = true", ["--insecure"]
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.port}"\n{tls}\n'
         )
         self.process = _start(
-            ["flower-superlink", "--insecure", *self.superlink_flags, "--isolation", "subprocess",
+            ["flower-superlink", *security, *self.superlink_flags, "--isolation", "subprocess",
              "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
              "--port", str(self.port), "--fleet-api-address", f"127.0.0.1:{self.fleet_port}"],
             self.env, self.home / "superlink.log",
@@ -137,6 +161,10 @@ class _LocalFlower:
                 time.sleep(0.2)
         raise RuntimeError(f"{name} did not start within {self.startup_timeout:.0f} s")
 
+    def num_keys(self) -> int:
+        """How many SuperNode key pairs a secure runtime makes."""
+        return 0
+
     def start_nodes(self) -> None:
         """Start the SuperNodes, if this runtime has separate ones."""
 
@@ -157,7 +185,7 @@ class _LocalFlower:
     def run_flwr(self, extra: list[str], run_config: dict | None, timeout: float, echo: bool):
         """``flwr run`` the app; returns ``(status, output)``, status e.g.
         ``finished:completed`` or ``finished:failed``."""
-        cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream", *extra]
+        cmd = ["flwr", "run", str(self.app_dir), CONNECTION, "--stream", *extra]
         if run_config:
             cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
@@ -201,24 +229,64 @@ class LocalDeployment(_LocalFlower):
 
     superlink_flags = ("--fleet-api-type", "grpc-rere")
 
-    def __init__(self, num_supernodes: int = 2, **kwargs):
+    def __init__(self, num_supernodes: int = 2, node_config: dict[int, str] | None = None, **kwargs):
+        """``node_config[i]``: extra ``key=value`` pairs for SuperNode i's node config."""
         super().__init__(**kwargs)
         self.num_supernodes = num_supernodes
-        self.nodes: list[subprocess.Popen] = []
+        self.extra_node_config = node_config or {}
+        self.nodes: list[subprocess.Popen | None] = []
+
+    def num_keys(self) -> int:
+        return self.num_supernodes
 
     def start_nodes(self) -> None:
         self._wait_for_port(self.fleet_port, self.process, "the SuperLink's Fleet API")
+        for i in range(self.num_supernodes):
+            if self.secure:
+                self.register(self.certs / f"supernode-{i}.pub")
+            self.nodes.append(None)
+            self.start_node(i)
+
+    def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``);
+        only registered nodes may connect when node authentication is on."""
+        result = subprocess.run(["flwr", "supernode", "register", str(public_key), CONNECTION],
+                                env=self.env, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"flwr supernode register {public_key} failed:\n{result.stdout}{result.stderr}"
+            )
+
+    def node_command(self, i: int, private_key: Path | None = None) -> list[str]:
+        """The ``flower-supernode`` command line of SuperNode ``i`` (TLS and its key pair
+        when secure)."""
         n = self.num_supernodes
-        for i in range(n):
-            node_port = free_port()
-            self.nodes.append(_start(
-                ["flower-supernode", "--insecure", "--grpc-rere",
-                 "--superlink", f"127.0.0.1:{self.fleet_port}", "--isolation", "subprocess",
-                 "--port", str(node_port), "--max-retries", "5", "--max-wait-time", "30",
-                 "--node-config", f"partition-id={i} num-partitions={n}"],
-                self.env, self.home / f"supernode-{i}.log",
-            ))
-            self._wait_for_port(node_port, self.nodes[-1], f"SuperNode {i}")
+        node_config = f"partition-id={i} num-partitions={n} {self.extra_node_config.get(i, '')}"
+        if self.secure:
+            key = private_key or self.certs / f"supernode-{i}"
+            security = ["--root-certificates", str(self.certs / "ca.crt"),
+                        "--auth-supernode-private-key", str(key)]
+        else:
+            security = ["--insecure"]
+        return ["flower-supernode", *security, "--grpc-rere",
+                "--superlink", f"127.0.0.1:{self.fleet_port}", "--isolation", "subprocess",
+                "--port", str(free_port()), "--max-retries", "5", "--max-wait-time", "30",
+                "--node-config", node_config.strip()]
+
+    def start_node(self, i: int, **kwargs) -> subprocess.Popen:
+        """(Re)start SuperNode ``i``; returns once it serves its ClientApp port."""
+        cmd = self.node_command(i, **kwargs)
+        log = self.home / f"supernode-{i}.log"
+        if log.exists():  # a restart keeps the earlier log
+            log.rename(log.with_suffix(f".{int(time.time() * 1000)}.log"))
+        node = _start(cmd, self.env, log)
+        self.nodes[i] = node
+        self._wait_for_port(int(cmd[cmd.index("--port") + 1]), node, f"SuperNode {i}")
+        return node
+
+    def kill_node(self, i: int) -> None:
+        """Stop SuperNode ``i`` (its whole process group), as a crash or unplugged device."""
+        _kill_group(self.nodes[i])
 
     def stop_nodes(self) -> None:
         for node in self.nodes:
@@ -237,6 +305,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", action="store_true",
                         help="separate SuperNode processes over gRPC instead of the simulation engine")
+    parser.add_argument("--secure", action="store_true",
+                        help="with --deployment: TLS (a private CA made by deploy/certs.sh) and "
+                             "SuperNode authentication (each node's key registered first)")
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--cpus-per-client", type=int, default=1)
     parser.add_argument("--run-config", default="", help="e.g. \"run.rounds=5 task.name='fmnist'\"")
@@ -244,7 +315,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = parse_run_config(args.run_config)
     if args.deployment:
-        with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home) as deployment:
+        with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home,
+                             secure=args.secure) as deployment:
             status, _ = deployment.run(overrides, echo=True)
     else:
         with LocalSimulation(args.flwr_home) as sim:

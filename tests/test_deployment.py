@@ -1,18 +1,36 @@
 """The local multi-process deployment: a SuperLink and SuperNodes as separate OS processes
-that talk gRPC (grpc-rere Fleet API). Temporary FLWR_HOME, free ports, every process
-killed by PID (server.launch.LocalDeployment)."""
+that talk gRPC (grpc-rere Fleet API), insecure and with TLS + SuperNode authentication;
+every strategy; a node killed mid-run and restarted; a node without a registered key; a
+node that sends poisoned replies. Each test has its own temporary FLWR_HOME and free ports
+and kills what it started by PID (server.launch.LocalDeployment)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from client.train import steps_for
 from server.launch import LocalDeployment
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc"),
+]
+
+STRATEGIES = {
+    "fedavg": {},
+    "clipped_fedavg": {"strategy.name": "clipped_fedavg", "train.local_steps": 4},
+    "gossip_pga": {"strategy.name": "gossip_pga", "strategy.period": 2},
+}
 
 
 def tcp_peers(pid: int) -> set[int]:
@@ -34,21 +52,166 @@ def tcp_peers(pid: int) -> set[int]:
     return peers
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
-def test_two_supernodes_train_fedavg_over_grpc(tmp_path):
-    with LocalDeployment(2, flwr_home=tmp_path / "flwr") as deployment:
+def records(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_each_strategy(deployment: LocalDeployment, out: Path, rounds: int = 2) -> dict[str, list[dict]]:
+    """Each strategy's per-round records, with the untrained model's as round 0."""
+    results = {}
+    for name, overrides in STRATEGIES.items():
         status, output = deployment.run(
-            {"run.rounds": 2, "run.output_dir": str(tmp_path), "run.name": "deployed"}
+            {"run.rounds": rounds, "run.output_dir": str(out), "run.name": name, **overrides}
         )
+        assert status == "finished:completed", f"{name}:\n{output[-3000:]}"
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        results[name] = [summary["initial"], *records(out / name)]
+    return results
+
+
+def check_trained(results: dict[str, list[dict]], rounds: int = 2) -> None:
+    for name, (initial, *trained) in results.items():
+        assert initial["round"] == 0
+        assert [r["round"] for r in trained] == list(range(1, rounds + 1)), name
+        assert all(r["num_replies"] == 2 and r["num_failures"] == 0 for r in trained), name
+        assert trained[-1]["test_loss"] < initial["test_loss"], name  # it learned something
+
+
+def test_every_strategy_on_two_supernodes_over_grpc(tmp_path):
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr") as deployment:
+        results = run_each_strategy(deployment, tmp_path)
         nodes = [node.pid for node in deployment.nodes]
         connected = [deployment.fleet_port in tcp_peers(pid) for pid in nodes]
         log = (deployment.home / "superlink.log").read_text()
-    assert status == "finished:completed", output[-3000:]
     assert f"Starting Fleet API (gRPC-rere) on 127.0.0.1:{deployment.fleet_port}" in log
     assert log.count("[Fleet.ActivateNode] Activated node_id=") == 2
     assert connected == [True, True]  # each SuperNode holds a TCP connection to the Fleet API
-    records = [json.loads(x) for x in (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2]
-    assert all(r["num_replies"] == 2 and r["num_failures"] == 0 for r in records)
-    assert records[-1]["test_accuracy"] > 0.5
+    check_trained(results)
+    assert results["fedavg"][-1]["test_accuracy"] > 0.5
     assert all(not Path(f"/proc/{pid}").exists() for pid in nodes)  # stopped
+
+
+def test_every_strategy_with_tls_and_node_authentication(tmp_path):
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr", secure=True) as deployment:
+        results = run_each_strategy(deployment, tmp_path)
+        log = (deployment.home / "superlink.log").read_text()
+        config = (deployment.home / "config.toml").read_text()
+    assert f"Uvicorn running on https://127.0.0.1:{deployment.port}" in log  # Control/Runtime API
+    assert log.count("[ControlServicer.RegisterNode] Created node_id=") == 2
+    assert "insecure" not in config and "root-certificates" in config
+    check_trained(results)
+
+
+def test_a_supernode_without_a_registered_key_is_refused(tmp_path):
+    with LocalDeployment(1, flwr_home=tmp_path / "flwr", secure=True) as deployment:
+        intruder = deployment.home / "intruder"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(intruder)],
+                       check=True)
+        deployment.nodes.append(None)
+        node = deployment.start_node(1, private_key=intruder)
+        code = node.wait(timeout=120)
+        node_log = next(deployment.home.glob("supernode-1.log")).read_text()
+        link_log = (deployment.home / "superlink.log").read_text()
+        status, output = deployment.run({"run.rounds": 1, "run.output_dir": str(tmp_path),
+                                         "run.name": "after", "strategy.min_available_nodes": 1,
+                                         "strategy.min_train_nodes": 1})
+    assert code != 0 and "Failed to activate SuperNode" in node_log
+    assert "No SuperNode found with the given public key" in link_log
+    assert link_log.count("[Fleet.ActivateNode] Activated node_id=") == 1  # the registered one
+    assert status == "finished:completed", output[-3000:]  # the federation is unharmed
+    assert records(tmp_path / "after")[-1]["num_replies"] == 1
+
+
+def wait_for_round(folder: Path, server_round: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (folder / "metrics.jsonl").exists() and any(
+            r["round"] >= server_round for r in records(folder)
+        ):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"round {server_round} did not finish within {timeout} s")
+
+
+def test_a_killed_supernode_drops_out_and_a_restarted_one_rejoins(tmp_path):
+    """FedAvg with 3 SuperNodes: node 2 is killed (SIGKILL, no goodbye) after round 1; the
+    rounds it misses go on with the 2 that answer (after round_timeout) and name it; it is
+    restarted after round 3 and answers again."""
+    rounds, folder = 6, tmp_path / "faults"
+    with LocalDeployment(3, flwr_home=tmp_path / "flwr") as deployment:
+        result = {}
+
+        def run():
+            result["status"], result["output"] = deployment.run({
+                "run.rounds": rounds, "run.output_dir": str(tmp_path), "run.name": "faults",
+                "strategy.min_available_nodes": 2, "strategy.min_train_nodes": 2,
+                "strategy.min_replies": 2, "strategy.round_timeout": 20.0,
+            })
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_for_round(folder, 1)
+            os.killpg(deployment.nodes[2].pid, 9)
+            wait_for_round(folder, 3)
+            deployment.start_node(2)
+        finally:
+            thread.join(timeout=900)
+    assert result["status"] == "finished:completed", result["output"][-3000:]
+    rows = [r for r in records(folder) if r["round"] > 0]
+    assert [r["round"] for r in rows] == list(range(1, rounds + 1))
+    replies = [r["num_replies"] for r in rows]
+    assert replies[0] == 3 and 2 in replies[1:3] and replies[-1] == 3, replies
+    assert all(n >= 2 for n in replies)
+    assert "no reply from node(s)" in result["output"] or "Received error in reply" in result["output"]
+    assert rows[-1]["test_accuracy"] > 0.5
+
+
+def test_poisoned_replies_are_rejected_by_node_and_never_averaged(tmp_path):
+    """Of 4 SuperNodes, node 2 answers with NaN arrays and node 3 with a wrong shape: every
+    such reply is rejected with a log line naming its node; the model stays finite and
+    learns from the other two."""
+    faults = {2: "fault='nan'", 3: "fault='shape'"}
+    with LocalDeployment(4, flwr_home=tmp_path / "flwr", node_config=faults) as deployment:
+        status, output = deployment.run({"run.rounds": 2, "run.output_dir": str(tmp_path),
+                                         "run.name": "poisoned"})
+    assert status == "finished:completed", output[-3000:]
+    rejected = re.findall(r"Rejected the reply of node (\d+): (.*)", output)
+    assert len(rejected) == 4 and len({node for node, _ in rejected}) == 2, rejected
+    by_node = {node: {reason for n, reason in rejected if n == node} for node, _ in rejected}
+    assert sorted(len(reasons) for reasons in by_node.values()) == [1, 1]  # the same each round
+    reasons = sorted(next(iter(r)) for r in by_node.values())
+    assert "has shape (129, 64), expected (128, 64)" in reasons[0], reasons
+    assert "holds NaN or infinite values" in reasons[1], reasons
+    rows = records(tmp_path / "poisoned")
+    assert all(r["num_replies"] == 2 and r["num_failures"] == 2 for r in rows)
+    assert all(math.isfinite(r["test_loss"]) for r in rows)
+    assert rows[-1]["test_accuracy"] > 0.5
+
+
+def test_devices_train_on_their_own_data_files_over_tls(tmp_path):
+    """Two SuperNodes with data-path files of different sizes (made by the export command)
+    and no central slice, TLS + node authentication: the reply sizes are the files'."""
+    import numpy as np
+
+    files = []
+    for k, n in ((0, 2), (1, 3)):  # partition 0 of 2 and partition 1 of 3: different sizes
+        path = tmp_path / f"device{k}.npz"
+        subprocess.run([sys.executable, "-m", "tasks.local_data", "export", "--task", "digits",
+                        "--partition-id", "0", "--num-partitions", str(n), str(path)], check=True,
+                       cwd=Path(__file__).resolve().parents[1])
+        files.append(path)
+    sizes = [len(np.load(f)["y"]) for f in files]
+    node_config = {k: f"data-path='{f}'" for k, f in enumerate(files)}
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr", secure=True, node_config=node_config) as d:
+        status, output = d.run({"run.rounds": 2, "run.output_dir": str(tmp_path), "run.name": "devices",
+                                "train.local_epochs": 1})
+    assert status == "finished:completed", output[-3000:]
+    rows = records(tmp_path / "devices")
+    # one epoch over each file (batch 32), averaged with the files' sizes as weights
+    steps = [steps_for(n, 32, 20, 1) for n in sizes]
+    expected = sum(n * k for n, k in zip(sizes, steps, strict=True)) / sum(sizes)
+    assert all(r["num_replies"] == 2 for r in rows)
+    assert rows[-1]["num_steps"] == pytest.approx(expected)
+    assert rows[-1]["test_accuracy"] > 0.5
