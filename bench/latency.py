@@ -3,6 +3,9 @@ multi-process deployment (SuperLink + SuperNodes over gRPC on loopback), next to
 do-nothing ClientApp (``bench/noop_app``: the runtime's own floor), for a ~10k and a ~1M
 parameter model and 2 and 4 SuperNodes, under two launch settings:
 
+``before``
+    fedlocal before this work: Flower's defaults (below) and every ClientApp message
+    loading the data set and partitioning it again (``FEDLOCAL_CACHE=off``).
 ``flower``
     Flower 1.39's defaults: the ServerApp's grid polls replies every 3 s
     (``FEDLOCAL_GRID_POLL=3``), SuperExec polls for new tasks every 1 s.
@@ -10,9 +13,9 @@ parameter model and 2 and 4 SuperNodes, under two launch settings:
     What fedlocal and its launcher change without patching Flower: replies polled every
     0.1 s (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``.
 
-Both settings use fedlocal's one message phase per round (central evaluation) and the
-ClientApp's cached client split (no data set or partitioner import after a node's first
-message). Per configuration: the median s/round over the rounds after the first, and
+Every setting uses fedlocal's one message phase per round (central evaluation); all but
+``before`` the ClientApp's cached client split (no data set or partitioner import after a
+node's first message). Per configuration: the median s/round over the rounds after the first, and
 the clients' own compute (``train_seconds``, measured inside ``local_train``)::
 
     python -m bench.latency                 # everything (about 15 minutes on 2 cores)
@@ -39,6 +42,7 @@ BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 # width 960 -> 993,610.
 MODELS = {"small": 64, "large": 960}
 SETTINGS = {
+    "before": {"FEDLOCAL_GRID_POLL": "3", "FEDLOCAL_CACHE": "off"},
     "flower": {"FEDLOCAL_GRID_POLL": "3"},
     "tuned": {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"},
 }

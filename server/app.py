@@ -62,9 +62,12 @@ def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[s
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(user_overrides(grid, context))
     grid = PollingGrid(grid)  # replies polled every 0.1 s (deployment) / 0.01 s, not 3 s / 0.1 s
-    data = tasks.load_task(cfg)
-    model = tasks.make_model(cfg, data).to(tasks.pick_device(cfg.train.device))
-    loss_fn = tasks.make_loss(cfg, data)
+    spec = tasks.task_spec(cfg)
+    # the training pool only for diagnostics: otherwise the server holds the test set alone
+    data = tasks.load_task(cfg) if cfg.run.diagnostics else None
+    test_set = data.test if data is not None else tasks.load_test_set(cfg)
+    model = tasks.make_model(cfg, spec).to(tasks.pick_device(cfg.train.device))
+    loss_fn = tasks.make_loss(cfg, spec)
     folder = RunFolder(cfg)
     log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
@@ -77,7 +80,7 @@ def main(grid: Grid, context: Context) -> None:
             results = []
             for record in records:
                 model.load_state_dict(record.to_torch_state_dict())
-                results.append(tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size))
+                results.append(tasks.evaluate(model, test_set, loss_fn, spec.kind, cfg.eval.batch_size))
             return {f"test-{key}": sum(r[key] for r in results) / len(results) for key in results[0]}
 
     strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes, evaluate_nodes)
@@ -90,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        test = tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size)
+        test = tasks.evaluate(model, test_set, loss_fn, spec.kind, cfg.eval.batch_size)
         diagnostics = diagnostics_of(tracker, model, data, loss_fn, cfg)
         train = {**strategy.round_metrics.get(server_round, {}), **diagnostics}
         record = folder.record_round(server_round, test, train)

@@ -21,6 +21,7 @@ from tasks.partition import check_partition_id, partition_all
 
 __all__ = [
     "Split", "TaskData", "TaskSpec", "client_split", "evaluate", "federation", "load_task",
+    "load_test_set",
     "make_loss", "make_model", "model_name", "pick_device", "task_spec",
 ]
 
@@ -99,6 +100,12 @@ def load_task(cfg) -> TaskData:
     return _load(_data_key(cfg))
 
 
+def load_test_set(cfg) -> Split:
+    """The held-out test set alone, not cached: the training pool it was loaded with is
+    freed (the ServerApp's need; for Fashion-MNIST that is 188 MB of float32 images)."""
+    return _load.__wrapped__(_data_key(cfg)).test
+
+
 @lru_cache(maxsize=4)
 def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
     """Every client's indices, computed once per process (a worker serves many clients)."""
@@ -108,7 +115,7 @@ def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
                          classes_per_client=classes, min_partition_size=min_size, seed=seed)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a simulation worker serves many clients; each split is a copy
 def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int,
                   disk: bool) -> Split:
     check_partition_id(partition_id, num_partitions)

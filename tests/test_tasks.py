@@ -364,3 +364,11 @@ def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert tasks.pick_device("auto") == torch.device(want)
+
+
+def test_load_test_set_is_the_test_split_and_is_not_cached():
+    cfg = load_config({"task.name": "teacher", "data.num_samples": 200})
+    test = tasks.load_test_set(cfg)
+    full = tasks.load_task(cfg).test
+    assert torch.equal(test.x, full.x) and torch.equal(test.y, full.y)
+    assert tasks.load_test_set(cfg).x is not test.x  # loaded afresh, so the pool can be freed
