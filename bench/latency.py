@@ -16,7 +16,9 @@ parameter model and 2 and 4 SuperNodes, under two launch settings:
 Every setting uses fedlocal's one message phase per round (central evaluation); all but
 ``before`` the ClientApp's cached client split (no data set or partitioner import after a
 node's first message). Per configuration: the median s/round over the rounds after the first, and
-the clients' own compute (``train_seconds``, measured inside ``local_train``)::
+the clients' own compute (``train_seconds``, measured inside ``local_train``) and the age
+of the ClientApp process when it replies (``process_seconds``: interpreter, imports,
+setup and compute of that one message)::
 
     python -m bench.latency                 # everything (about 15 minutes on 2 cores)
     python -m bench.latency --nodes 2 --models small --settings tuned
@@ -76,6 +78,7 @@ def measure(setting: str, nodes: int, width: int, rounds: int) -> dict:
             raise RuntimeError(f"fedlocal run {status}:\n{output[-3000:]}")
         out["fedlocal"] = [r["seconds"] for r in rows if r["round"] > 0]
         out["compute"] = [r.get("train_seconds", 0.0) for r in rows if r["round"] > 0]
+        out["fedlocal_process"] = [r.get("process_seconds", 0.0) for r in rows if r["round"] > 0]
         metrics = tmp / "noop.jsonl"
         with LocalDeployment(nodes, flwr_home=tmp / "noop", env=env, app_dir=NOOP_APP) as deployment:
             status, output = deployment.run_flwr([], {
@@ -85,10 +88,13 @@ def measure(setting: str, nodes: int, width: int, rounds: int) -> dict:
         if status != "finished:completed":
             raise RuntimeError(f"do-nothing run {status}:\n{output[-3000:]}")
         out["noop"] = [r["seconds"] for r in records(metrics)]
+        out["noop_process"] = [r["process_seconds"] for r in records(metrics)]
     after = slice(1, None)  # the first round also pays start-up (imports, data, connections)
     out["fedlocal_median"] = percentile(out["fedlocal"][after], 50)
     out["noop_median"] = percentile(out["noop"][after], 50)
     out["compute_median"] = percentile(out["compute"][after], 50)
+    out["fedlocal_process_median"] = percentile(out["fedlocal_process"][after], 50)
+    out["noop_process_median"] = percentile(out["noop_process"][after], 50)
     out["ratio"] = out["fedlocal_median"] / (out["noop_median"] + out["compute_median"])
     return out
 
@@ -96,13 +102,15 @@ def measure(setting: str, nodes: int, width: int, rounds: int) -> dict:
 def table(rows: list[dict], params: dict[int, int]) -> str:
     lines = [
         "| setting | SuperNodes | parameters | fedlocal s/round | do-nothing s/round | "
-        "client compute s | fedlocal / (do-nothing + compute) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "client compute s | fedlocal / (do-nothing + compute) | ClientApp process s: fedlocal | "
+        "do-nothing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {r['nodes']} | {params[r['width']]:,} | {r['fedlocal_median']:.2f} | "
-            f"{r['noop_median']:.2f} | {r['compute_median']:.2f} | {r['ratio']:.2f} |"
+            f"{r['noop_median']:.2f} | {r['compute_median']:.2f} | {r['ratio']:.2f} | "
+            f"{r['fedlocal_process_median']:.2f} | {r['noop_process_median']:.2f} |"
         )
     return "\n".join(lines)
 

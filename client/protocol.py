@@ -32,6 +32,7 @@ UNIT_WEIGHT = "unit-weight"
 TRAIN_LOSS = "train-loss"
 NUM_STEPS = "num-steps"
 TRAIN_SECONDS = "train-seconds"
+PROCESS_SECONDS = "process-seconds"  # age of the ClientApp process at reply (Linux; else 0)
 CLIP_FRACTION = "clip-fraction"
 GRAD_NORM = "grad-norm"
 SMOOTHNESS = "smoothness"  # mean local smoothness estimate over sampled steps

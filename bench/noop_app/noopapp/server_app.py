@@ -29,8 +29,9 @@ def main(grid: Grid, context: Context) -> None:
         replies = list(grid.send_and_receive(messages, timeout=600))
         if len(replies) != len(nodes) or any(r.has_error() for r in replies):
             raise RuntimeError(f"round {server_round}: {len(replies)} replies from {len(nodes)} nodes")
+        ages = [float(r.content["metrics"]["process-seconds"]) for r in replies]
         record = {"round": server_round, "seconds": time.perf_counter() - t0,
-                  "elapsed": time.perf_counter() - start}
+                  "elapsed": time.perf_counter() - start, "process_seconds": sum(ages) / len(ages)}
         if c["metrics-file"]:
             with open(c["metrics-file"], "a") as f:
                 f.write(json.dumps(record) + "\n")
