@@ -10,9 +10,9 @@ Workloads (``--workloads``, comma-separated):
     1 local epoch per round, the fmnist task's batch size and learning rate, ``--rounds``
     rounds. Measured in this order, so that drift shows: (a) pure compute (FedAvg by hand,
     ``bench.pure``), (b) fedlocal in Flower's simulation engine, (c) fedlocal on the local
-    multi-process deployment (only with ``--deployment``: minutes and ~15 GB for 10
-    clients), (d) the quickstart-style baseline app (``bench/quickstart_baseline``) in the
-    simulation engine, (a) again (not with ``--quick``).
+    multi-process deployment (only with ``--deployment``; ``--deployment-rounds``), (d) the
+    quickstart-style baseline app (``bench/quickstart_baseline``) in the simulation engine,
+    (a) again (not with ``--quick``).
 ``scaling-fmnist``
     fedlocal in simulation with 10, 100, 1000 clients (``--scaling-clients``), 10 % sampled
     per round, IID partitions, next to pure compute of the same sampled clients.
@@ -21,12 +21,22 @@ Workloads (``--workloads``, comma-separated):
     iterations, 1 local step (batch 32) per iteration, ``--gossip-rounds`` iterations (30).
     (a) = (d): the one-process reference simulator ``strategies.gossip_reference`` timed
     per iteration (``bench.pure_reference``); (b) fedlocal in simulation with
-    ``strategy.evaluate_nodes=false`` (the ratio), and (b') with the default ``true``.
+    ``strategy.evaluate_nodes=false`` (the ratio), and (b') with the default ``true``;
+    with ``--deployment``, (c) as (b) on 16 SuperNode processes.
 ``clipped-shakespeare``
     Clipped FedAvg (CELGC), character LSTM on tiny Shakespeare (``--shakespeare``; skipped
     if absent), 8 IID clients, I = 4 local steps of batch 16, eta = 20, gamma = 5,
     ``--shakespeare-rounds`` rounds (8). (a) = (d): ``strategies.fedavg_reference``;
-    (b) fedlocal in simulation.
+    (b) fedlocal in simulation; with ``--deployment``, (c) on 8 SuperNode processes.
+
+(c), the local deployment (``--deployment``): ``server.launch.LocalDeployment``, a
+SuperLink and one SuperNode process per client over gRPC on loopback, where every
+ClientApp message runs in a fresh ``flwr-clientapp`` process. A deployed round costs
+seconds, so (c) runs ``--deployment-rounds`` rounds (default: 4, or the workload's
+rounds if fewer), with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2`` (``DEPLOYMENT_ENV``) and
+a fresh split cache (``FEDLOCAL_CACHE``) per run. Its processes' lives and CPU seconds
+are recorded, and a ClientApp process's start-up is timed on its own afterwards
+(``clientapp_startup``).
 
 Writes ``bench/results/<timestamp>.json`` and ``.md``; a full run (not ``--quick``) also
 copies the table, with the commit it measured, into docs/benchmarks.md and draws
@@ -59,6 +69,10 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 # The fmnist workload as fedlocal config keys; batch size and lr stay the task's defaults.
 FEDAVG_FMNIST = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "dirichlet",
                  "data.alpha": 0.5, "run.seed": 0}
+# Added to every Flower process's environment in (c): SuperExec looks for new ClientApp
+# tasks every 0.2 s instead of Flower's 1 s (../shared/ENVIRONMENT.md: a good value on
+# small hosts). Each (c) run also gets FEDLOCAL_CACHE, a fresh split-cache folder.
+DEPLOYMENT_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
 
 
 def log(message: str) -> None:
@@ -134,8 +148,63 @@ def pure_compute(overrides: dict, clients: int, rounds: int, threads: int, fract
     }
 
 
+def deployment_available() -> bool:
+    """Whether this checkout has ``server.launch.LocalDeployment`` for (c)."""
+    from bench.simulation import deployment_available as available
+
+    return available()
+
+
+def deployment_rounds(args, workload_rounds: int) -> int:
+    """Rounds of (c): ``--deployment-rounds``, else 4 or the workload's rounds if fewer."""
+    return args.deployment_rounds or min(4, workload_rounds)
+
+
+def deployed(args, overrides: dict, clients: int, rounds: int, examples: int | None) -> dict:
+    """(c): ``fedlocal_sim`` on the local deployment (with ``--deployment-env``), logged."""
+    log(f"(c) fedlocal in the local deployment: a SuperLink + {clients} SuperNode processes, "
+        f"{rounds} rounds")
+    system = fedlocal_sim(overrides, clients, rounds, examples, args.app_dir, deployment=True,
+                          deployment_env=args.deployment_env)
+    log(f"    median {system['median']:.3f} s/round, peak RSS "
+        f"{system['memory']['peak_rss_mb']:.0f} MB")
+    return system
+
+
+def clientapp_startup(repeats: int = 3) -> dict:
+    """What a fresh ClientApp process pays before its handler runs, timed alone (nothing
+    else of the benchmark running): wall and CPU seconds (median of ``repeats``) of
+    ``flwr-clientapp --help`` (through PATH, as SuperExec starts it: interpreter and
+    Flower's CLI imports), of ``import torch``, and of importing everything a fedlocal
+    ClientApp process imports before it can serve a message (Flower's ClientApp runtime
+    and ``client.app``: flwr, torch, fedlocal's tasks and config)."""
+    probes = {
+        "flwr-clientapp --help": ["flwr-clientapp", "--help"],
+        "import torch": [sys.executable, "-c", "import torch"],
+        "import flwr-clientapp runtime + client.app": [
+            sys.executable, "-c", "import flwr.supernode.cli.flwr_clientapp, client.app"],
+    }
+    out = {}
+    for name, cmd in probes.items():
+        walls, cpus, rss = [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            walls.append(time.perf_counter() - start)
+            cpus.append(usage.ru_utime + usage.ru_stime)
+            rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
+        out[name] = {"wall": percentile(walls, 50), "cpu": percentile(cpus, 50),
+                     "max_rss_mb": percentile(rss, 50), "walls": walls, "cpus": cpus,
+                     "returncode": proc.returncode}
+    return out
+
+
 def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | None,
-                 app_dir: Path = REPO, deployment: bool = False) -> dict:
+                 app_dir: Path = REPO, deployment: bool = False,
+                 deployment_env: dict | None = None) -> dict:
     """(b) fedlocal on a private simulation SuperLink, or (c) with ``deployment`` on a
     SuperLink and ``clients`` SuperNode processes; round times from metrics.jsonl."""
     from bench.simulation import AppSimulation, app_deployment
@@ -143,6 +212,9 @@ def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | Non
     with tempfile.TemporaryDirectory(prefix="fedlocal-bench-") as tmp:
         config = {**overrides, "run.rounds": rounds, "run.output_dir": tmp,
                   "run.name": "bench", "run.save_model": False}
+        # the ClientApp processes' split cache starts empty: the first round builds it
+        env = {**DEPLOYMENT_ENV, "FEDLOCAL_CACHE": str(Path(tmp) / "split-cache"),
+               **(deployment_env or {})}
         # Ray's workers put the SuperLink's working directory first on their sys.path, so
         # the ClientApps import fedlocal's modules from there, not from the app bundle:
         # start the SuperLink inside the app folder under test.
@@ -150,7 +222,7 @@ def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | Non
         os.chdir(app_dir)
         try:
             if deployment:
-                with app_deployment(clients) as dep:
+                with app_deployment(clients, env=env) as dep:
                     run = dep.run_app(app_dir, config)
             else:
                 with AppSimulation() as sim:
@@ -164,7 +236,14 @@ def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | Non
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         summary = json.loads((folder / "summary.json").read_text())
     seconds = [r["seconds"] for r in records]
+    extra = {}
+    if deployment:
+        if env["FEDLOCAL_CACHE"].startswith(tmp):
+            env["FEDLOCAL_CACHE"] = "<a fresh folder>"
+        extra = {"rounds": rounds, "supernodes": clients, "env": env,
+                 "processes": run.processes}
     return {
+        **extra,
         **round_stats(seconds, examples),
         "startup": run.wall - sum(seconds),
         "wall": run.wall,
@@ -175,6 +254,8 @@ def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | Non
         "num_replies": [r.get("num_replies") for r in records],
         "num_failures": [r.get("num_failures") for r in records],
         "mean_client_train_seconds": [r.get("train_seconds") for r in records],
+        **({"mean_client_process_seconds": [r.get("process_seconds") for r in records],
+            "round_ends": [r.get("elapsed") for r in records]} if deployment else {}),
     }
 
 
@@ -222,17 +303,13 @@ def fedavg_fmnist(args) -> dict:
     log("(b) fedlocal in simulation")
     systems["b"] = fedlocal_sim(overrides, args.clients, args.rounds, examples, args.app_dir)
     log(f"    median {systems['b']['median']:.3f} s/round")
-    from bench.simulation import deployment_available
-
     if not deployment_available():
         systems["c"] = {"available": False, "note": "not available (no server.launch.LocalDeployment)"}
     elif not args.deployment:
         systems["c"] = {"available": False, "note": "not measured (add --deployment)"}
     else:
-        log("(c) fedlocal in the local deployment (SuperLink + SuperNode processes)")
-        systems["c"] = fedlocal_sim(overrides, args.clients, args.rounds, examples, args.app_dir,
-                                    deployment=True)
-        log(f"    median {systems['c']['median']:.3f} s/round")
+        systems["c"] = deployed(args, overrides, args.clients,
+                                deployment_rounds(args, args.rounds), examples)
     if args.no_baseline:
         systems["d"] = {"available": False, "note": "skipped (--no-baseline)"}
     else:
@@ -344,10 +421,15 @@ def gossip_digits(args) -> dict:
         systems["b_eval"] = fedlocal_sim({**GOSSIP_DIGITS, "strategy.evaluate_nodes": True}, nodes,
                                          rounds, samples, args.app_dir)
         log(f"    median {systems['b_eval']['median']:.3f} s/iteration")
+    if args.deployment and deployment_available():
+        systems["c"] = deployed(args, {**GOSSIP_DIGITS, "strategy.evaluate_nodes": False}, nodes,
+                                deployment_rounds(args, rounds), samples)
     a = systems["a"]["median"]
     result["ratios"] = {"b_over_a": systems["b"]["median"] / a}
     if "b_eval" in systems:
         result["ratios"]["b_eval_over_a"] = systems["b_eval"]["median"] / a
+    if "c" in systems:
+        result["ratios"]["c_over_a"] = systems["c"]["median"] / a
     result["targets"] = {"sim_within_3x_pure": result["ratios"]["b_over_a"] <= 3.0}
     return result
 
@@ -371,7 +453,11 @@ def clipped_shakespeare(args) -> dict:
     log("(b) fedlocal in simulation")
     systems["b"] = fedlocal_sim(overrides, clients, rounds, samples, args.app_dir)
     log(f"    median {systems['b']['median']:.3f} s/round")
+    if args.deployment and deployment_available():
+        systems["c"] = deployed(args, overrides, clients, deployment_rounds(args, rounds), samples)
     result["ratios"] = {"b_over_a": systems["b"]["median"] / systems["a"]["median"]}
+    if "c" in systems:
+        result["ratios"]["c_over_a"] = systems["c"]["median"] / systems["a"]["median"]
     return result
 
 
@@ -468,6 +554,9 @@ def markdown(report: dict) -> str:
         names = {"a": "(a) pure compute, no Flower", "a2": "(a) pure compute, again (after d)",
                  "b": "(b) fedlocal, simulation", "c": "(c) fedlocal, local deployment",
                  "d": "(d) quickstart-style baseline, simulation"}
+        c = fed["systems"].get("c", {})
+        if c.get("available", True) and "rounds" in c:
+            names["c"] += f" ({c['supernodes']} SuperNodes, {c['rounds']} rounds)"
         for key in ("a", "b", "c", "d", "a2"):
             s = fed["systems"].get(key)
             if s is None:
@@ -502,6 +591,7 @@ def markdown(report: dict) -> str:
             "",
             "Memory of (b) at its peak, by process (RSS MB): " + breakdown(fed["systems"]["b"]) + ".",
             "",
+            *deployment_lines(report, fed),
             "Per-round seconds: " + "; ".join(
                 f"{key} " + ", ".join(f"{x:.2f}" for x in fed["systems"][key]["round_seconds"])
                 for key in ("a", "b", "c", "d", "a2")
@@ -539,6 +629,7 @@ def markdown(report: dict) -> str:
                           p for p in scale["points"] if p["clients"] == 100)["sim"]) + "."]
         lines.append("")
     lines += reference_tables(report)
+    lines += startup_lines(report)
     return "\n".join(lines)
 
 
@@ -568,6 +659,89 @@ def per_round_line(work: dict, keys: list[str]) -> str:
         for key in keys if key in work["systems"]) + "."
 
 
+def deployment_name(work: dict, suffix: str = "") -> str:
+    c = work["systems"].get("c")
+    if c is None:
+        return "(c)"
+    return f"(c) fedlocal, local deployment ({c['supernodes']} SuperNodes, {c['rounds']} rounds){suffix}"
+
+
+def deployment_ratio(work: dict, unit: str) -> str:
+    """The sentence on (c) under a reference table; as before when (c) was not run."""
+    if "c_over_a" not in work["ratios"]:
+        return "(c) local deployment: not measured."
+    c = work["systems"]["c"]
+    return (f"(c)/(a) = **{work['ratios']['c_over_a']:.1f}x** per {unit} (local deployment, "
+            f"{c['supernodes']} SuperNode processes, {c['rounds']} {unit}s, median of the "
+            f"{len(c['round_seconds']) - 1} after the first); (c)/(b) = "
+            f"{c['median'] / work['systems']['b']['median']:.1f}x.")
+
+
+def deployment_lines(report: dict, work: dict) -> list[str]:
+    """Memory, CPU by program and ClientApp processes of (c), when it ran."""
+    c = work["systems"].get("c")
+    if not c or not c.get("available", True):
+        return []
+    mem, procs = c["memory"], c.get("processes", {})
+    at_peak = mem.get("processes_at_peak_by_name", {})
+    lines = [f"Memory of (c) at its peak, by process (RSS MB): {breakdown(c)}; up to "
+             f"{mem['max_processes']} processes in the tree"
+             + (f", {at_peak['flwr-clientapp']} of them ClientApp processes at the peak"
+                if at_peak.get("flwr-clientapp") else "") + ".", ""]
+    if c.get("env"):
+        lines += ["Environment added to the Flower processes of (c): "
+                  + ", ".join(f"`{k}={v}`" for k, v in c["env"].items()) + ".", ""]
+    if procs:
+        parts = []
+        for name, g in list(procs.items())[:6]:
+            part = f"{name or '?'} {g['cpu_seconds']:.1f} ({g['processes']}"
+            if g["lifetime_median"] is not None and g["ended"] >= g["processes"] / 2:
+                part += (f"; each lived {g['lifetime_median']:.1f} s median, "
+                         f"{g['lifetime_p90']:.1f} s p90, and used {g['cpu_seconds_median']:.2f} CPU s")
+            parts.append(part + ")")
+        lines += ["CPU seconds spent in (c), by program, while `flwr run` ran (processes): "
+                  + ", ".join(parts) + ".", ""]
+    app = procs.get("flwr-clientapp")
+    cores = report["meta"]["machine"]["cpus"]
+    if app and c["median"]:
+        rounds, clients = c["rounds"], c["supernodes"]
+        per_round = app["cpu_seconds"] / rounds
+        text = (f"ClientApp processes: {app['processes']} for {rounds} rounds x {clients} nodes, "
+                f"{per_round:.1f} CPU s per round on average, i.e. "
+                f"{per_round / (c['median'] * cores):.0%} of the {cores} cores over a median round "
+                f"({c['median']:.2f} s)")
+        startup = report.get("clientapp_startup", {}).get(
+            "import flwr-clientapp runtime + client.app")
+        if startup:
+            imports = clients * startup["cpu"]
+            text += (f"; their imports alone (flwr's ClientApp runtime, torch, fedlocal: "
+                     f"{startup['cpu']:.2f} CPU s each, timed alone) come to {imports:.1f} CPU s "
+                     f"per round, {imports / per_round:.0%} of it")
+        train = [x for x in c.get("mean_client_train_seconds", [])[1:] if x is not None]
+        age = [x for x in c.get("mean_client_process_seconds", [])[1:] if x]
+        if train:
+            text += (f". The handlers' training (`train_seconds`, mean over a round's replies, "
+                     f"median over the rounds after the first) took {percentile(train, 50):.3f} s "
+                     "per message")
+        if age:
+            text += (f"; a ClientApp process was {percentile(age, 50):.1f} s old when it replied "
+                     "(`process_seconds`, same statistic)")
+        lines += [text + ".", ""]
+    return lines
+
+
+def startup_lines(report: dict) -> list[str]:
+    probes = report.get("clientapp_startup")
+    if not probes:
+        return []
+    rows = [f"| `{name}` | {p['wall']:.2f} | {p['cpu']:.2f} | {fmt(p.get('max_rss_mb'), 0)} |"
+            for name, p in probes.items()]
+    return ["### (c): what a fresh ClientApp process pays before its handler runs", "",
+            "Timed alone after the workloads (median of 3, nothing else of the benchmark "
+            "running); every ClientApp message in (c) starts one such process.", "",
+            "| what | wall s | CPU s | peak RSS MB |", "| --- | --- | --- | --- |", *rows, ""]
+
+
 def reference_tables(report: dict) -> list[str]:
     lines: list[str] = []
     gossip = report["workloads"].get("gossip-digits")
@@ -580,7 +754,8 @@ def reference_tables(report: dict) -> list[str]:
             *reference_rows(gossip, {
                 "a": "(a) pure compute, no Flower = (d) reference simulator (`gossip_reference`)",
                 "b": "(b) fedlocal, simulation, `evaluate_nodes=false`",
-                "b_eval": "(b') fedlocal, simulation, `evaluate_nodes=true` (default)"},
+                "b_eval": "(b') fedlocal, simulation, `evaluate_nodes=true` (default)",
+                "c": deployment_name(gossip, ", `evaluate_nodes=false`")},
                 "iteration"),
             "",
             f"(b)/(a) = **{r['b_over_a']:.2f}x** per iteration, with `strategy.evaluate_nodes=false` "
@@ -592,11 +767,12 @@ def reference_tables(report: dict) -> list[str]:
             "centrally every iteration (digits' 359 test images, about 0.01 s). samples/s: "
             f"{gossip['samples_per_round']} rows per iteration (16 nodes x 1 step x batch 32, "
             "nominal: a node with fewer than 32 examples takes all it has) / median seconds. "
-            "(c) local deployment: not measured.",
+            + deployment_ratio(gossip, "iteration"),
             "",
             "Memory of (b) at its peak, by process (RSS MB): " + breakdown(gossip["systems"]["b"]) + ".",
             "",
-            per_round_line(gossip, ["a", "b", "b_eval"]),
+            *deployment_lines(report, gossip),
+            per_round_line(gossip, ["a", "b", "b_eval", "c"]),
             "",
         ]
     clipped = report["workloads"].get("clipped-shakespeare")
@@ -610,16 +786,18 @@ def reference_tables(report: dict) -> list[str]:
             "",
             *reference_rows(clipped, {
                 "a": "(a) pure compute, no Flower = (d) reference simulator (`fedavg_reference`)",
-                "b": "(b) fedlocal, simulation"}, "round"),
+                "b": "(b) fedlocal, simulation",
+                "c": deployment_name(clipped)}, "round"),
             "",
             f"(b)/(a) = **{clipped['ratios']['b_over_a']:.2f}x** per round (no target in the "
             "issue). Both evaluate the global model on the test set after every round. "
             f"samples/s: {clipped['samples_per_round']} sequences of 80 characters per round "
-            "(8 clients x 4 steps x batch 16) / median seconds. (c) local deployment: not measured.",
+            "(8 clients x 4 steps x batch 16) / median seconds. " + deployment_ratio(clipped, "round"),
             "",
             "Memory of (b) at its peak, by process (RSS MB): " + breakdown(clipped["systems"]["b"]) + ".",
             "",
-            per_round_line(clipped, ["a", "b"]),
+            *deployment_lines(report, clipped),
+            per_round_line(clipped, ["a", "b", "c"]),
             "",
         ]
     return lines
@@ -706,6 +884,13 @@ def parse_args(argv=None):
                         help="also measure (c), fedlocal on server.launch.LocalDeployment (a SuperLink "
                         "and one SuperNode process per client; slow: every message starts a "
                         "ClientApp process)")
+    parser.add_argument("--deployment-rounds", type=int, default=None,
+                        help="rounds of (c) in every workload (default: 4, or the workload's "
+                        "rounds if fewer; a deployed round costs seconds)")
+    parser.add_argument("--deployment-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for every Flower process of (c), on top of "
+                        f"{' '.join(f'{k}={v}' for k, v in DEPLOYMENT_ENV.items())} and a fresh "
+                        "FEDLOCAL_CACHE (repeatable; e.g. OMP_NUM_THREADS=1 for an A/B)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip (d), the quickstart-style baseline (for quick A/B runs of the "
                         "app); implies --no-docs")
@@ -719,15 +904,19 @@ def parse_args(argv=None):
     clients = args.scaling_clients or ("100" if args.quick else "10,100,1000")
     args.scaling_clients = [int(c) for c in clients.split(",") if c.strip()]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if any("=" not in item for item in args.deployment_env):
+        parser.error("--deployment-env takes KEY=VALUE")
+    args.deployment_env = dict(item.split("=", 1) for item in args.deployment_env)
     args.app_dir = args.app_dir.resolve()
     if args.app_dir != REPO or args.no_baseline:
         args.no_docs = True  # the docs show only complete runs of this repository
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    if min(args.rounds, args.scaling_rounds, args.gossip_rounds, args.shakespeare_rounds) < 2:
-        parser.error("--rounds, --scaling-rounds, --gossip-rounds and --shakespeare-rounds must "
-                     "be >= 2 (the first round is start-up)")
+    if min(args.rounds, args.scaling_rounds, args.gossip_rounds, args.shakespeare_rounds,
+           args.deployment_rounds or 2) < 2:
+        parser.error("--rounds, --scaling-rounds, --gossip-rounds, --shakespeare-rounds and "
+                     "--deployment-rounds must be >= 2 (the first round is start-up)")
     return args
 
 
@@ -747,6 +936,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for name in args.workloads:
         report["workloads"][name] = WORKLOADS[name](args)
+    if args.deployment and any("c" in w.get("systems", {}) and w["systems"]["c"].get("available", True)
+                               for w in report["workloads"].values()):
+        log("(c): timing a ClientApp process's start-up alone")
+        report["clientapp_startup"] = clientapp_startup()
     report["meta"]["seconds"] = time.perf_counter() - start
     report["meta"]["load_after"] = os.getloadavg()
     table = markdown(report)

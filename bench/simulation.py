@@ -30,6 +30,7 @@ class AppRun:
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, line)
     memory: dict = field(default_factory=dict)
     superlink_start: float = 0.0
+    processes: dict = field(default_factory=dict)  # per program: count, CPU s, lifetimes
 
 
 class _AppRunner:
@@ -43,13 +44,13 @@ class _AppRunner:
         return self
 
     def _run(self, app_dir: str | Path, extra: list[str], run_config: dict | None,
-             timeout: float) -> AppRun:
+             timeout: float, lifetimes: bool = False) -> AppRun:
         cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", *extra]
         if run_config:
             cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
         lines: list[tuple[float, str]] = []
         roots = [self.process.pid] + [node.pid for node in getattr(self, "nodes", [])]
-        memory = TreeMemory(roots)
+        memory = TreeMemory(roots, lifetimes=lifetimes)
         with memory:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
@@ -71,7 +72,8 @@ class _AppRunner:
         match = re.search(r"started run (\d+)", output)
         status = run_status(self.env, match.group(1)) if match else "not-started"
         return AppRun(status, wall, output, lines, memory.as_dict(),
-                      getattr(self, "start_seconds", 0.0))
+                      getattr(self, "start_seconds", 0.0),
+                      memory.lifetimes() if lifetimes else {})
 
 
 class AppSimulation(_AppRunner, LocalSimulation):
@@ -88,9 +90,11 @@ def deployment_available() -> bool:
     return hasattr(launch, "LocalDeployment")
 
 
-def app_deployment(num_supernodes: int):
+def app_deployment(num_supernodes: int, env: dict | None = None):
     """A SuperLink and ``num_supernodes`` SuperNode processes (``LocalDeployment``) that
-    run any app folder; None where this checkout has no local deployment."""
+    run any app folder, with ``env`` added to every Flower process's environment; None
+    where this checkout has no local deployment. Its runs also record every process's
+    life and CPU time (``AppRun.processes``)."""
     if not deployment_available():
         return None
 
@@ -98,6 +102,11 @@ def app_deployment(num_supernodes: int):
         def run_app(self, app_dir: str | Path, run_config: dict | None = None,
                     timeout: float = 1800) -> AppRun:
             config = {"strategy.min_available_nodes": self.num_supernodes, **(run_config or {})}
-            return self._run(app_dir, [], config, timeout)
+            return self._run(app_dir, [], config, timeout, lifetimes=True)
 
-    return AppDeployment(num_supernodes)
+    try:
+        return AppDeployment(num_supernodes, env=env)
+    except TypeError:  # a LocalDeployment without env=: its environment is self.env
+        deployment = AppDeployment(num_supernodes)
+        deployment.env.update(env or {})
+        return deployment
