@@ -8,10 +8,12 @@ parameter model and 2 and 4 SuperNodes, under two launch settings:
     loading the data set and partitioning it again (``FEDLOCAL_CACHE=off``).
 ``flower``
     Flower 1.39's defaults: the ServerApp's grid polls replies every 3 s
-    (``FEDLOCAL_GRID_POLL=3``), SuperExec polls for new tasks every 1 s.
+    (``FEDLOCAL_GRID_POLL=3``), SuperExec polls for new tasks every 1 s, torch uses one
+    thread per core in every ClientApp process.
 ``tuned``
-    What fedlocal and its launcher change without patching Flower: replies polled every
-    0.1 s (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``.
+    What fedlocal and its launcher do by default, without patching Flower: replies polled
+    every 0.1 s (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``,
+    ``OMP_NUM_THREADS`` = cores / SuperNodes (``server.launch.deployment_env``).
 
 Every setting uses fedlocal's one message phase per round (central evaluation); all but
 ``before`` the ClientApp's cached client split (no data set or partitioner import after a
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -43,10 +46,12 @@ BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 # digits (8x8 inputs, 10 classes), ReLU MLP of depth 2: width 64 -> 9,034 parameters,
 # width 960 -> 993,610.
 MODELS = {"small": 64, "large": 960}
+FLOWER_DEFAULTS = {"FEDLOCAL_GRID_POLL": "3", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1",
+                   "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
 SETTINGS = {
-    "before": {"FEDLOCAL_GRID_POLL": "3", "FEDLOCAL_CACHE": "off"},
-    "flower": {"FEDLOCAL_GRID_POLL": "3"},
-    "tuned": {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"},
+    "before": {**FLOWER_DEFAULTS, "FEDLOCAL_CACHE": "off"},
+    "flower": FLOWER_DEFAULTS,
+    "tuned": {},  # what LocalDeployment and the ServerApp do by default
 }
 
 

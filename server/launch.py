@@ -63,6 +63,15 @@ def run_status(env: dict, run_id: str) -> str:
     return next((r["status"] for r in runs if r["run-id"] == run_id), "unknown")
 
 
+def deployment_env(num_supernodes: int) -> dict[str, str]:
+    """Environment for N SuperNodes on this host, minus what the caller already set."""
+    defaults = {
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, num_supernodes))),
+    }
+    return {key: value for key, value in defaults.items() if key not in os.environ}
+
+
 def make_certs(folder: Path, num_nodes: int) -> None:
     """CA, SuperLink certificate and ``num_nodes`` SuperNode key pairs (deploy/certs.sh)."""
     result = subprocess.run(["bash", str(CERTS_SCRIPT), str(folder), str(num_nodes)],
@@ -230,8 +239,14 @@ class LocalDeployment(_LocalFlower):
     superlink_flags = ("--fleet-api-type", "grpc-rere")
 
     def __init__(self, num_supernodes: int = 2, node_config: dict[int, str] | None = None, **kwargs):
-        """``node_config[i]``: extra ``key=value`` pairs for SuperNode i's node config."""
-        super().__init__(**kwargs)
+        """``node_config[i]``: extra ``key=value`` pairs for SuperNode i's node config.
+        Launch settings (``env`` and the caller's environment override them): SuperExec
+        polls for tasks every 0.2 s instead of 1 s, and torch in each ClientApp process
+        uses its share of the cores (``OMP_NUM_THREADS``), since N SuperNodes share this
+        host; with torch's default (one thread per core each) a Fashion-MNIST round took
+        56 s instead of 30 s on 2 cores (docs/benchmarks.md)."""
+        env = {**deployment_env(num_supernodes), **(kwargs.pop("env", None) or {})}
+        super().__init__(env=env, **kwargs)
         self.num_supernodes = num_supernodes
         self.extra_node_config = node_config or {}
         self.nodes: list[subprocess.Popen | None] = []

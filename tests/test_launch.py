@@ -1,0 +1,37 @@
+"""server.launch without starting anything: launch settings and SuperNode command lines."""
+
+from __future__ import annotations
+
+import os
+
+from server.launch import LocalDeployment, deployment_env, toml_value
+
+
+def test_deployment_env_splits_the_cores_and_defers_to_the_caller(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert deployment_env(2)["OMP_NUM_THREADS"] == "4"
+    assert deployment_env(16)["OMP_NUM_THREADS"] == "1"
+    assert deployment_env(2)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert "OMP_NUM_THREADS" not in deployment_env(2)  # the user's setting wins
+    deployment = LocalDeployment(2, env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1"})
+    assert deployment.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "1"  # env= wins too
+    assert deployment.env["OMP_NUM_THREADS"] == "3"
+
+
+def test_supernode_command_lines(tmp_path):
+    insecure = LocalDeployment(3, flwr_home=tmp_path, node_config={1: "data-path='/d/x.npz'"})
+    cmd = insecure.node_command(1)
+    assert "--insecure" in cmd and "--root-certificates" not in cmd
+    assert cmd[cmd.index("--node-config") + 1] == "partition-id=1 num-partitions=3 data-path='/d/x.npz'"
+    secure = LocalDeployment(3, flwr_home=tmp_path, secure=True)
+    cmd = secure.node_command(2)
+    assert "--insecure" not in cmd
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "certs" / "supernode-2")
+    assert cmd[cmd.index("--node-config") + 1] == "partition-id=2 num-partitions=3"
+
+
+def test_toml_values():
+    assert [toml_value(v) for v in (True, 3, 0.5, "a'b")] == ["true", "3", "0.5", '"a\'b"']
