@@ -177,35 +177,26 @@ def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
         return [0] + [r["round"] for r in run["records"]], \
             [run["initial_loss"]] + [r["global_train_loss"] for r in run["records"]]
 
-    # 1. training loss vs rounds, one curve per width, one panel per (K, tau)
-    fig, axes = plt.subplots(len(ks), len(taus), figsize=(3.6 * len(taus), 3.2 * len(ks)),
-                             squeeze=False, sharey=True)
-    for i, k in enumerate(ks):
-        for j, tau in enumerate(taus):
-            ax = axes[i, j]
-            for m in widths:
-                if (k, m, tau) in find:
-                    ax.plot(*curve(find[(k, m, tau)]), color=color[m], label=f"m = {m}")
-            ax.set(yscale="log", title=f"K = {k}, tau = {tau}", xlabel="round")
-            if j == 0:
-                ax.set_ylabel("training loss F(W_bar)")
-    axes[0, 0].legend(fontsize=8)
-    save(fig, "local_sgd_relu_loss_width.png")
+    def loss_panels(columns, column, lines, line, colors, name):
+        """Training loss vs rounds: one panel per (K, column value), one curve per line value."""
+        fig, axes = plt.subplots(len(ks), len(columns), figsize=(3.6 * len(columns), 3.2 * len(ks)),
+                                 squeeze=False, sharey=True)
+        for i, k in enumerate(ks):
+            for j, c in enumerate(columns):
+                ax = axes[i, j]
+                for v in lines:
+                    key = (k, v, c) if line == "m" else (k, c, v)  # find's key: (K, m, tau)
+                    if key in find:
+                        ax.plot(*curve(find[key]), color=colors[v], label=f"{line} = {v}")
+                ax.set(yscale="log", title=f"K = {k}, {column} = {c}", xlabel="round")
+                if j == 0:
+                    ax.set_ylabel("training loss F(W_bar)")
+        axes[0, 0].legend(fontsize=8)
+        save(fig, name)
 
-    # 2. training loss vs rounds, one curve per tau, one panel per (K, m)
-    fig, axes = plt.subplots(len(ks), len(widths), figsize=(3.6 * len(widths), 3.2 * len(ks)),
-                             squeeze=False, sharey=True)
-    for i, k in enumerate(ks):
-        for j, m in enumerate(widths):
-            ax = axes[i, j]
-            for tau in taus:
-                if (k, m, tau) in find:
-                    ax.plot(*curve(find[(k, m, tau)]), color=tcolor[tau], label=f"tau = {tau}")
-            ax.set(yscale="log", title=f"K = {k}, m = {m}", xlabel="round")
-            if j == 0:
-                ax.set_ylabel("training loss F(W_bar)")
-    axes[0, 0].legend(fontsize=8)
-    save(fig, "local_sgd_relu_loss_tau.png")
+    # 1. one curve per width, one panel per (K, tau); 2. one curve per tau, one panel per (K, m)
+    loss_panels(taus, "tau", widths, "m", color, "local_sgd_relu_loss_width.png")
+    loss_panels(widths, "m", taus, "tau", tcolor, "local_sgd_relu_loss_tau.png")
 
     # 3. weight change, 4. activation flips, 5. drift: against m, one line per (K, tau)
     def against_width(ax, name, taus_shown, label):
