@@ -127,7 +127,8 @@ def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_i
         return build()
     from tasks.cache import cached_split
 
-    return cached_split((key, partition, num_partitions, partition_id), key[1], build)
+    data_path = key[1]  # _data_key(cfg)[1] is data.path: the cache also keys on its files
+    return cached_split((key, partition, num_partitions, partition_id), data_path, build)
 
 
 def client_split(cfg, partition_id: int, num_partitions: int, disk_cache: bool = False) -> Split:
