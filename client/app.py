@@ -1,219 +1,67 @@
 """fedlocal ClientApp: receive the model, run the one local training loop, reply.
 
-Flower-facing code only: read the message and node config, call plain functions from
-``tasks`` and ``client.train``, wrap the result in records. Data, model and parsed
-config stay resident in the process between rounds (an LRU cache keyed by every config
-value that shapes them); momentum that must persist lives in ``context.state``.
-
-Where a node's data comes from (its node config):
-
-- ``data-path=<file>``: a real device's own data (``tasks.local_data``: ``.npz`` or, for
-  shakespeare, ``.txt``), trained and evaluated on; the central data set is never loaded
-  (the model and loss come from ``tasks.task_spec``). ``partition-id`` is optional; when
-  given it seeds the node's mini-batch order and is its Gossip-PGA graph index, otherwise
-  the seed comes from the Flower node id. Gossip-PGA needs a distinct ``partition-id`` in
-  0..n-1 on every node: a node without one answers its first gossip message with an error.
-- otherwise ``partition-id`` and ``num-partitions``: client ``partition-id``'s slice of
-  the central data set (simulation sets both itself).
+The Flower-facing shell only: what a message does is ``client.handlers`` (the node's data,
+the model, local training). It runs in this process, or, when the SuperNode's node config
+has ``warm-worker=<seconds>``, in the node's warm worker (``client.worker``), a process
+that keeps torch, the model and the data resident between messages, which Flower's
+process-per-message deployment otherwise pays for again on every message. This module
+imports only flwr, so a ClientApp process that hands its message on stays as cheap as a
+ClientApp that does nothing.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from functools import lru_cache
-from pathlib import Path
+import logging
 
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-import tasks
 from client import protocol as P
-from client.train import global_norm, local_train, minibatch_gradient, round_seed, steps_for
-from conf import from_flat
-from tasks.local_data import load_local
-from tasks.partition import check_partition_id
+from client import worker
 
 app = ClientApp()
+log = logging.getLogger("fedlocal.client")
 
 
-@lru_cache(maxsize=8)
-def _config(items: tuple):
-    return from_flat(dict(items))
+def warm_worker_idle(context: Context) -> float:
+    """Seconds a warm worker waits for the next message (node config ``warm-worker``);
+    0 = no worker."""
+    value = context.node_config.get(P.WARM_WORKER, 0)
+    try:
+        idle = float(value)
+    except (TypeError, ValueError):
+        idle = -1.0
+    if idle < 0:
+        raise ValueError(f"node config warm-worker={value!r}: give the seconds a warm worker waits "
+                         "for the next message (e.g. warm-worker=120), or 0 for none.")
+    return idle
 
 
-def received_config(msg: Message) -> tuple:
-    """The run's resolved config as parsed by the server (see client.protocol), and its
-    items as a hashable key for the caches."""
-    if P.RUN_CONFIG not in msg.content.config_records:
-        raise ValueError(
-            f"The message has no '{P.RUN_CONFIG}' config record: the ServerApp is not "
-            "fedlocal's, or an older version."
-        )
-    key = tuple(sorted(msg.content.config_records[P.RUN_CONFIG].items()))
-    return _config(key), key
+def handle(kind: str, msg: Message, context: Context) -> Message:
+    idle = warm_worker_idle(context)
+    if idle > 0 and worker.supported():
+        try:
+            reply = worker.call(kind, msg, context, idle)
+        except worker.WorkerUnavailable as e:
+            log.warning("node %s: %s; running this message in the ClientApp's own process",
+                        context.node_id, e)
+        else:
+            if P.PROCESS_SECONDS in reply.content.get(P.METRICS, {}):
+                # the age of this ClientApp process, not of the worker
+                reply.content[P.METRICS][P.PROCESS_SECONDS] = worker.process_age()
+            return reply
+    from client import handlers
 
-
-def partition_of(context: Context) -> tuple[int, int]:
-    """``(partition-id, num-partitions)`` from the node config."""
-    node = context.node_config
-    if P.PARTITION_ID not in node or P.NUM_PARTITIONS not in node:
-        raise ValueError(
-            "This SuperNode's node config has neither data-path (the device's own data file) "
-            "nor partition-id/num-partitions (a slice of the central data set); start it with "
-            "--node-config \"data-path='/path/to/data.npz'\" or with "
-            "--node-config 'partition-id=0 num-partitions=2' (simulation sets them itself)."
-        )
-    return int(node[P.PARTITION_ID]), int(node[P.NUM_PARTITIONS])
-
-
-def node_partition_id(context: Context) -> int | None:
-    """The node's partition-id: required without data-path, optional with it (None)."""
-    node = context.node_config
-    if P.DATA_PATH not in node:
-        return partition_of(context)[0]
-    if P.PARTITION_ID not in node:
-        return None
-    partition_id = int(node[P.PARTITION_ID])
-    if P.NUM_PARTITIONS in node:
-        check_partition_id(partition_id, int(node[P.NUM_PARTITIONS]))
-    return partition_id
-
-
-def node_split(cfg, spec: tasks.TaskSpec, context: Context) -> tasks.Split:
-    """The node's data: its own file (data-path) or its slice of the central data set."""
-    node = context.node_config
-    if P.DATA_PATH in node:
-        return load_local(str(node[P.DATA_PATH]), spec)
-    return tasks.client_split(cfg, *partition_of(context), disk_cache=True)
-
-
-@lru_cache(maxsize=4)
-def _resident_model(key: tuple, device: str) -> torch.nn.Module:
-    cfg = _config(key)
-    return tasks.make_model(cfg, tasks.task_spec(cfg)).to(device)
-
-
-def _setup(msg: Message, context: Context):
-    cfg, key = received_config(msg)
-    partition_id = node_partition_id(context)
-    spec = tasks.task_spec(cfg)
-    split = node_split(cfg, spec, context)
-    device = tasks.pick_device(cfg.train.device)
-    model = _resident_model(key, str(device))
-    model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
-    return cfg, spec, split, model, partition_id
+    return getattr(handlers, kind)(msg, context)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training (or, for the naive clipping baseline, one mini-batch gradient)."""
-    cfg, spec, split, model, partition_id = _setup(msg, context)
-    t, config = cfg.train, msg.content[P.CONFIG]
-    want_index = config.get(P.WANT_PARTITION_ID, False)
-    if want_index and partition_id is None:
-        raise ValueError(
-            "Gossip-PGA places every node on its graph by partition-id, and this SuperNode "
-            f"(data-path={context.node_config[P.DATA_PATH]!r}) has none. Give every SuperNode "
-            "a distinct partition-id in 0..n-1 next to its data-path, e.g. --node-config "
-            "\"data-path='/data/mine.npz' partition-id=0\"."
-        )
-    server_round = int(config[P.SERVER_ROUND])
-    # batch order: one stream per (run, node, round); a device without partition-id is
-    # told apart by its Flower node id
-    node = partition_id if partition_id is not None else int(context.node_id)
-    seed = round_seed(cfg.run.seed, node, server_round)
-    loss_fn = tasks.make_loss(cfg, spec)
-    if config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT:
-        start = time.perf_counter()
-        grads, loss = minibatch_gradient(model, split, loss_fn, batch_size=t.batch_size, seed=seed)
-        names = [name for name, p in model.named_parameters() if p.requires_grad]
-        arrays = ArrayRecord(dict(zip(names, grads, strict=True)))
-        metrics = _metrics(len(split), loss, 0, time.perf_counter() - start,
-                           float(global_norm(grads)), 0.0)
-    else:
-        arrays, metrics = _train(cfg, msg, context, split, model, loss_fn, seed)
-    if want_index:
-        metrics[P.PARTITION_ID] = partition_id
-    if P.FAULT in context.node_config:
-        arrays = corrupted(arrays, str(context.node_config[P.FAULT]))
-    return Message(content=RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
-
-
-def corrupted(arrays: ArrayRecord, fault: str) -> ArrayRecord:
-    """A broken client, for testing the server's defences (node config ``fault``): ``nan``
-    fills the first array with NaN, ``shape`` adds a row to it."""
-    state = arrays.to_torch_state_dict()
-    first = next(iter(state))
-    if fault == "nan":
-        state[first] = torch.full_like(state[first], float("nan"))
-    elif fault == "shape":
-        state[first] = torch.cat([state[first], state[first][:1]])
-    else:
-        raise ValueError(f"node config fault={fault!r}: use 'nan' or 'shape'.")
-    return ArrayRecord(state)
-
-
-def process_age() -> float:
-    """Seconds since this process started: in a deployment, where Flower starts a fresh
-    ClientApp process per message, the message's whole cost on the node (interpreter,
-    imports, setup, training). From Linux's /proc; 0.0 where there is none."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
-    return MetricRecord({
-        P.NUM_EXAMPLES: examples, P.UNIT_WEIGHT: 1, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
-        P.TRAIN_SECONDS: seconds, P.GRAD_NORM: grad_norm, P.CLIP_FRACTION: clipped,
-        P.PROCESS_SECONDS: process_age(),
-    })
-
-
-def _train(cfg, msg, context, split, model, loss_fn, seed):
-    t, config = cfg.train, msg.content[P.CONFIG]
-    device = next(model.parameters()).device
-    buffers = None
-    if t.persist_optimizer_state and P.STATE_MOMENTUM in context.state.array_records:
-        saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
-        buffers = [saved[name].to(device) for name in sorted(saved, key=int)]
-    steps = int(config.get(P.LOCAL_STEPS, 0)) or steps_for(
-        len(split), t.batch_size, t.local_steps, t.local_epochs)
-    gamma = config.get(P.CLIP_GAMMA)
-    result = local_train(
-        model, split, loss_fn, steps=steps, batch_size=t.batch_size,
-        lr=float(config.get(P.LR, t.lr)), momentum=t.momentum, weight_decay=t.weight_decay,
-        clip_gamma=None if gamma is None else float(gamma), momentum_buffers=buffers, seed=seed,
-        smoothness_every=t.smoothness_every, drift_every=t.drift_every,
-    )
-    if t.persist_optimizer_state and result.momentum:
-        context.state[P.STATE_MOMENTUM] = ArrayRecord(
-            {str(i): b for i, b in enumerate(result.momentum)}
-        )
-    metrics = _metrics(result.examples, result.loss, result.steps, result.seconds,
-                       result.grad_norm, result.clipped_fraction)
-    if t.smoothness_every > 0:
-        pairs = result.smoothness or [(0.0, 0.0)]
-        metrics[P.SMOOTHNESS] = sum(s for _, s in pairs) / len(pairs)
-        metrics[P.SMOOTHNESS_GRAD_NORM] = sum(g for g, _ in pairs) / len(pairs)
-    if t.drift_every > 0:
-        metrics[P.GRADIENT_DRIFT] = metrics[P.GRADIENT_DRIFT_MAX] = result.drift
-    return ArrayRecord(model.state_dict()), metrics
+    return handle("train", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation of the received model on this client's own data."""
-    cfg, spec, split, model, _ = _setup(msg, context)
-    metrics = tasks.evaluate(model, split, tasks.make_loss(cfg, spec), spec.kind, cfg.eval.batch_size)
-    record = MetricRecord({
-        P.NUM_EXAMPLES: len(split),
-        P.EVAL_LOSS: metrics["loss"],
-        P.EVAL_ACCURACY: metrics.get("accuracy", 0.0),
-    })
-    return Message(content=RecordDict({P.METRICS: record}), reply_to=msg)
+    return handle("evaluate", msg, context)

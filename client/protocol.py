@@ -24,6 +24,7 @@ MODE_TRAIN, MODE_GRADIENT = "train", "gradient"  # gradient: reply one mini-batc
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"  # a device's own data file (tasks.local_data); replaces the central slice
+WARM_WORKER = "warm-worker"  # seconds a node's warm worker (client.worker) idles; 0/absent = none
 FAULT = "fault"  # testing the server's defences: "nan" or "shape" corrupts every training reply
 
 # reply metrics; NUM_EXAMPLES (or UNIT_WEIGHT, for uniform averages) is what FedAvg weights by

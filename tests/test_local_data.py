@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 import tasks
 from client import app as client_app
+from client import handlers as client_handlers
 from client import protocol as P
 from conf import load_config, to_flat
 from strategies import build_strategy
@@ -280,9 +281,9 @@ def no_central_data(monkeypatch):
 
     for name in ("load_task", "client_split", "_load", "federation"):
         monkeypatch.setattr(tasks, name, central)
-    client_app._resident_model.cache_clear()
+    client_handlers._resident_model.cache_clear()
     yield
-    client_app._resident_model.cache_clear()
+    client_handlers._resident_model.cache_clear()
 
 
 def test_client_trains_and_evaluates_on_its_data_path(tmp_path, flower_identity, no_central_data):
