@@ -10,10 +10,16 @@ parameter model and 2 and 4 SuperNodes, under two launch settings:
     Flower 1.39's defaults: the ServerApp's grid polls replies every 3 s
     (``FEDLOCAL_GRID_POLL=3``), SuperExec polls for new tasks every 1 s, torch uses one
     thread per core in every ClientApp process.
+``cold``
+    fedlocal's launch settings without patching Flower: replies polled every 0.1 s
+    (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``,
+    ``OMP_NUM_THREADS`` = cores / SuperNodes (``server.launch.deployment_env``), but every
+    message still imports torch and builds the model in its own ClientApp process
+    (node config ``warm-worker=0``).
 ``tuned``
-    What fedlocal and its launcher do by default, without patching Flower: replies polled
-    every 0.1 s (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``,
-    ``OMP_NUM_THREADS`` = cores / SuperNodes (``server.launch.deployment_env``).
+    What fedlocal and its launcher do by default: ``cold`` plus each node's warm worker
+    (``client.worker``), which keeps torch, the model and the data resident, so that the
+    ClientApp process of a message imports only flwr.
 
 Every setting uses fedlocal's one message phase per round (central evaluation); all but
 ``before`` the ClientApp's cached client split (no data set or partitioner import after a
@@ -48,10 +54,12 @@ BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 MODELS = {"small": 64, "large": 960}
 FLOWER_DEFAULTS = {"FEDLOCAL_GRID_POLL": "3", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1",
                    "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+# name: (environment, warm_worker for LocalDeployment)
 SETTINGS = {
-    "before": {**FLOWER_DEFAULTS, "FEDLOCAL_CACHE": "off"},
-    "flower": FLOWER_DEFAULTS,
-    "tuned": {},  # what LocalDeployment and the ServerApp do by default
+    "before": ({**FLOWER_DEFAULTS, "FEDLOCAL_CACHE": "off"}, 0),
+    "flower": (FLOWER_DEFAULTS, 0),
+    "cold": ({}, 0),
+    "tuned": ({}, 120),  # what LocalDeployment and the ServerApp do by default
 }
 
 
@@ -70,10 +78,11 @@ def records(path: Path) -> list[dict]:
 def measure(setting: str, nodes: int, width: int, rounds: int) -> dict:
     """fedlocal and the do-nothing app on one fresh deployment each."""
     out: dict = {"setting": setting, "nodes": nodes, "width": width}
-    env = SETTINGS[setting]
+    env, warm_worker = SETTINGS[setting]
     with tempfile.TemporaryDirectory(prefix="fedlocal-latency-") as tmp:
         tmp = Path(tmp)
-        with LocalDeployment(nodes, flwr_home=tmp / "fedlocal", env=env) as deployment:
+        with LocalDeployment(nodes, flwr_home=tmp / "fedlocal", env=env,
+                             warm_worker=warm_worker) as deployment:
             status, output = deployment.run({
                 "run.rounds": rounds, "run.output_dir": str(tmp / "runs"), "run.name": "r",
                 "model.width": width, "run.save_model": False,
@@ -85,10 +94,11 @@ def measure(setting: str, nodes: int, width: int, rounds: int) -> dict:
         out["compute"] = [r.get("train_seconds", 0.0) for r in rows if r["round"] > 0]
         out["fedlocal_process"] = [r.get("process_seconds", 0.0) for r in rows if r["round"] > 0]
         metrics = tmp / "noop.jsonl"
-        with LocalDeployment(nodes, flwr_home=tmp / "noop", env=env, app_dir=NOOP_APP) as deployment:
+        with LocalDeployment(nodes, flwr_home=tmp / "noop", env=env, app_dir=NOOP_APP,
+                             warm_worker=0) as deployment:
             status, output = deployment.run_flwr([], {
                 "rounds": rounds, "num-floats": num_parameters(width), "min-nodes": nodes,
-                "fast-poll": setting == "tuned", "metrics-file": str(metrics),
+                "fast-poll": setting in ("cold", "tuned"), "metrics-file": str(metrics),
             }, timeout=1800, echo=False)
         if status != "finished:completed":
             raise RuntimeError(f"do-nothing run {status}:\n{output[-3000:]}")
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", default="2,4")
     parser.add_argument("--models", default="small,large", help=f"of {sorted(MODELS)}")
-    parser.add_argument("--settings", default="flower,tuned", help=f"of {sorted(SETTINGS)}")
+    parser.add_argument("--settings", default="flower,cold,tuned", help=f"of {sorted(SETTINGS)}")
     parser.add_argument("--doc", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     widths = [MODELS[m] for m in args.models.split(",")]

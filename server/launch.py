@@ -234,13 +234,18 @@ class LocalDeployment(_LocalFlower):
     """A SuperLink and ``num_supernodes`` SuperNodes, each its own OS process, talking
     gRPC (grpc-rere Fleet API) on loopback; SuperNode i gets
     ``--node-config "partition-id=i num-partitions=N"``. Every ClientApp message runs in a
-    fresh process that each SuperNode starts (Flower's subprocess isolation)."""
+    fresh process that each SuperNode starts (Flower's subprocess isolation), which hands
+    it to the node's warm worker (``client.worker``) unless ``warm_worker=0``."""
 
     superlink_flags = ("--fleet-api-type", "grpc-rere")
 
-    def __init__(self, num_supernodes: int = 2, node_config: dict[int, str] | None = None, **kwargs):
+    def __init__(self, num_supernodes: int = 2, node_config: dict[int, str] | None = None,
+                 warm_worker: float = 120, **kwargs):
         """``node_config[i]``: extra ``key=value`` pairs for SuperNode i's node config.
-        Launch settings (``env`` and the caller's environment override them): SuperExec
+        ``warm_worker``: seconds each node's warm worker waits for the next message (node
+        config ``warm-worker``; 0: every message imports torch and builds the model again in
+        its own ClientApp process). Launch settings (``env`` and the caller's environment
+        override them): SuperExec
         polls for tasks every 0.2 s instead of 1 s, and torch in each ClientApp process
         uses its share of the cores (``OMP_NUM_THREADS``), since N SuperNodes share this
         host; with torch's default (one thread per core each) a Fashion-MNIST round took
@@ -249,6 +254,7 @@ class LocalDeployment(_LocalFlower):
         super().__init__(env=env, **kwargs)
         self.num_supernodes = num_supernodes
         self.extra_node_config = node_config or {}
+        self.warm_worker = warm_worker
         self.nodes: list[subprocess.Popen | None] = []
 
     def num_keys(self) -> int:
@@ -276,7 +282,9 @@ class LocalDeployment(_LocalFlower):
         """The ``flower-supernode`` command line of SuperNode ``i`` (TLS and its key pair
         when secure)."""
         n = self.num_supernodes
-        node_config = f"partition-id={i} num-partitions={n} {self.extra_node_config.get(i, '')}"
+        extra = self.extra_node_config.get(i, "")
+        warm = f"warm-worker={self.warm_worker:g}" if self.warm_worker and "warm-worker" not in extra else ""
+        node_config = " ".join(part for part in (f"partition-id={i} num-partitions={n}", warm, extra) if part)
         if self.secure:
             key = private_key or self.certs / f"supernode-{i}"
             security = ["--root-certificates", str(self.certs / "ca.crt"),
@@ -286,7 +294,7 @@ class LocalDeployment(_LocalFlower):
         return ["flower-supernode", *security, "--grpc-rere",
                 "--superlink", f"127.0.0.1:{self.fleet_port}", "--isolation", "subprocess",
                 "--port", str(free_port()), "--max-retries", "5", "--max-wait-time", "30",
-                "--node-config", node_config.strip()]
+                "--node-config", node_config]
 
     def start_node(self, i: int, **kwargs) -> subprocess.Popen:
         """(Re)start SuperNode ``i``; returns once it serves its ClientApp port."""
@@ -324,14 +332,17 @@ def main(argv=None) -> int:
                         help="with --deployment: TLS (a private CA made by deploy/certs.sh) and "
                              "SuperNode authentication (each node's key registered first)")
     parser.add_argument("--num-supernodes", type=int, default=10)
+    parser.add_argument("--warm-worker", type=float, default=120, metavar="SECONDS",
+                        help="with --deployment: each node's warm worker (client.worker) waits this "
+                             "long for the next message; 0: none, every message imports torch afresh")
     parser.add_argument("--cpus-per-client", type=int, default=1)
     parser.add_argument("--run-config", default="", help="e.g. \"run.rounds=5 task.name='fmnist'\"")
     parser.add_argument("--flwr-home", default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
     overrides = parse_run_config(args.run_config)
     if args.deployment:
-        with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home,
-                             secure=args.secure) as deployment:
+        with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home, secure=args.secure,
+                             warm_worker=args.warm_worker) as deployment:
             status, _ = deployment.run(overrides, echo=True)
     else:
         with LocalSimulation(args.flwr_home) as sim:

@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -79,11 +81,21 @@ def check_trained(results: dict[str, list[dict]], rounds: int = 2) -> None:
 
 
 def test_every_strategy_on_two_supernodes_over_grpc(tmp_path):
-    with LocalDeployment(2, flwr_home=tmp_path / "flwr") as deployment:
+    tmp = Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))  # short: the workers' Unix sockets live here
+    workers = tmp / f"fedlocal-workers-{os.getuid()}"
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr", env={"TMPDIR": str(tmp)}) as deployment:
         results = run_each_strategy(deployment, tmp_path)
         nodes = [node.pid for node in deployment.nodes]
         connected = [deployment.fleet_port in tcp_peers(pid) for pid in nodes]
         log = (deployment.home / "superlink.log").read_text()
+        # every node's ClientApp handed its messages to a warm worker (client.worker), one
+        # per node and run, still waiting for messages
+        assert len(list(workers.glob("*.sock"))) == 2 * len(STRATEGIES)
+    deadline = time.monotonic() + 10
+    while any(workers.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(workers.iterdir())  # the workers left with their SuperNodes, files and all
+    shutil.rmtree(tmp)
     assert f"Starting Fleet API (gRPC-rere) on 127.0.0.1:{deployment.fleet_port}" in log
     assert log.count("[Fleet.ActivateNode] Activated node_id=") == 2
     assert connected == [True, True]  # each SuperNode holds a TCP connection to the Fleet API

@@ -24,13 +24,18 @@ def test_supernode_command_lines(tmp_path):
     insecure = LocalDeployment(3, flwr_home=tmp_path, node_config={1: "data-path='/d/x.npz'"})
     cmd = insecure.node_command(1)
     assert "--insecure" in cmd and "--root-certificates" not in cmd
-    assert cmd[cmd.index("--node-config") + 1] == "partition-id=1 num-partitions=3 data-path='/d/x.npz'"
+    node_config = "partition-id=1 num-partitions=3 warm-worker=120 data-path='/d/x.npz'"
+    assert cmd[cmd.index("--node-config") + 1] == node_config
     secure = LocalDeployment(3, flwr_home=tmp_path, secure=True)
     cmd = secure.node_command(2)
     assert "--insecure" not in cmd
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "certs" / "supernode-2")
-    assert cmd[cmd.index("--node-config") + 1] == "partition-id=2 num-partitions=3"
+    assert cmd[cmd.index("--node-config") + 1] == "partition-id=2 num-partitions=3 warm-worker=120"
+    # no warm worker, or the caller's own setting for one node
+    cold = LocalDeployment(2, flwr_home=tmp_path, warm_worker=0, node_config={1: "warm-worker=5"})
+    assert [cold.node_command(i)[-1] for i in (0, 1)] == [
+        "partition-id=0 num-partitions=2", "partition-id=1 num-partitions=2 warm-worker=5"]
 
 
 def test_toml_values():
