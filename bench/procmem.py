@@ -1,7 +1,8 @@
 """Peak memory of a process tree, sampled from /proc (no psutil needed).
 
 Every ``interval`` seconds the sampler finds every process descended from the given
-root PIDs (by walking the parent links in ``/proc/<pid>/stat``) and sums their resident
+root PIDs (by walking the parent links in ``/proc/<pid>/stat``; a warm worker,
+``client.worker``, counts as its SuperExec's child) and sums their resident
 set sizes (``/proc/<pid>/statm``). RSS counts pages shared between processes (torch's
 libraries, Ray's plasma store) once per process, so the sum overstates what the tree
 really occupies; every ``pss_every``-th sample also sums the proportional set size
@@ -39,7 +40,26 @@ def _parents() -> dict[int, int]:
         # the command name may hold spaces and parentheses: parse after the last ')'
         fields = stat[stat.rfind(b")") + 2 :].split()
         parents[int(entry)] = int(fields[1])
+        if stat.startswith(b"python", stat.find(b"(") + 1):
+            parents[int(entry)] = _warm_worker_parent(int(entry)) or parents[int(entry)]
     return parents
+
+
+def _warm_worker_parent(pid: int) -> int | None:
+    """A warm worker (``python -m client.worker ... --parent P``) is started in a session of
+    its own and outlives the ClientApp process that started it: it belongs to P, the
+    node's SuperExec, for this accounting."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().split(b"\0")
+    except OSError:
+        return None
+    if b"client.worker" not in args or b"--parent" not in args:
+        return None
+    try:
+        return int(args[args.index(b"--parent") + 1])
+    except (IndexError, ValueError):
+        return None
 
 
 def descendants(roots: list[int]) -> list[int]:

@@ -243,3 +243,21 @@ def test_a_relative_data_path_means_the_same_file_to_the_worker(flower_identity,
     b = client_app.train(message, context(120, node_config=device))
     assert_same_reply(a, b)
     assert b.content[P.METRICS][P.NUM_EXAMPLES] == 40
+
+
+def test_the_benchmarks_count_a_warm_worker_under_its_superexec():
+    from bench.procmem import descendants
+
+    superexec = subprocess.Popen(["sleep", "60"])
+    # a stand-in with a warm worker's command line, in a session of its own like one
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "client.worker",
+                                 "--parent", str(superexec.pid)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while stand_in.pid not in descendants([superexec.pid]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until its interpreter has replaced the forked child's command line
+        assert descendants([superexec.pid]) == [superexec.pid, stand_in.pid]
+    finally:
+        for p in (superexec, stand_in):
+            p.kill()
+            p.wait()
