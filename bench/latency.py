@@ -28,7 +28,7 @@ the clients' own compute (``train_seconds``, measured inside ``local_train``) an
 of the ClientApp process when it replies (``process_seconds``: interpreter, imports,
 setup and compute of that one message)::
 
-    python -m bench.latency                 # everything (about 15 minutes on 2 cores)
+    python -m bench.latency                 # flower, cold and tuned (about 25 minutes on 2 cores)
     python -m bench.latency --nodes 2 --models small --settings tuned
 
 Writes ``bench/results/latency-<timestamp>.json`` and ``.md``; ``--doc`` also puts the
