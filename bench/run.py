@@ -175,14 +175,18 @@ def clientapp_startup(repeats: int = 3) -> dict:
     """What a fresh ClientApp process pays before its handler runs, timed alone (nothing
     else of the benchmark running): wall and CPU seconds (median of ``repeats``) of
     ``flwr-clientapp --help`` (through PATH, as SuperExec starts it: interpreter and
-    Flower's CLI imports), of ``import torch``, and of importing everything a fedlocal
+    Flower's CLI imports), of ``import torch``, of importing everything a fedlocal
     ClientApp process imports before it can serve a message (Flower's ClientApp runtime
-    and ``client.app``: flwr, torch, fedlocal's tasks and config)."""
+    and ``client.app``, which hands the message to the node's warm worker) and of what the
+    warm worker imports once per run and node (``client.handlers``: torch, fedlocal's tasks
+    and config; a ClientApp process without a warm worker imports it per message)."""
     probes = {
         "flwr-clientapp --help": ["flwr-clientapp", "--help"],
         "import torch": [sys.executable, "-c", "import torch"],
         "import flwr-clientapp runtime + client.app": [
             sys.executable, "-c", "import flwr.supernode.cli.flwr_clientapp, client.app"],
+        "import client.handlers (warm worker, once per run)": [
+            sys.executable, "-c", "import client.handlers"],
     }
     out = {}
     for name, cmd in probes.items():
@@ -714,7 +718,7 @@ def deployment_lines(report: dict, work: dict) -> list[str]:
             "import flwr-clientapp runtime + client.app")
         if startup:
             imports = clients * startup["cpu"]
-            text += (f"; their imports alone (flwr's ClientApp runtime, torch, fedlocal: "
+            text += (f"; their imports alone (flwr's ClientApp runtime and client.app: "
                      f"{startup['cpu']:.2f} CPU s each, timed alone) come to {imports:.1f} CPU s "
                      f"per round, {imports / per_round:.0%} of it")
         train = [x for x in c.get("mean_client_train_seconds", [])[1:] if x is not None]
@@ -882,8 +886,8 @@ def parse_args(argv=None):
                         "repository's code. Implies --no-docs when not this repository")
     parser.add_argument("--deployment", action="store_true",
                         help="also measure (c), fedlocal on server.launch.LocalDeployment (a SuperLink "
-                        "and one SuperNode process per client; slow: every message starts a "
-                        "ClientApp process)")
+                        "and one SuperNode process per client, each with a warm worker; slow: every "
+                        "message still starts a ClientApp process)")
     parser.add_argument("--deployment-rounds", type=int, default=None,
                         help="rounds of (c) in every workload (default: 4, or the workload's "
                         "rounds if fewer; a deployed round costs seconds)")
