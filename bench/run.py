@@ -899,7 +899,8 @@ def parse_args(argv=None):
                         help="skip (d), the quickstart-style baseline (for quick A/B runs of the "
                         "app); implies --no-docs")
     parser.add_argument("--no-docs", action="store_true",
-                        help="do not update docs/benchmarks.md and docs/figures/scaling.png")
+                        help="do not update docs/benchmarks.md and docs/figures/scaling.png (implied by "
+                        "--workloads with fewer than all workloads, --no-baseline and --app-dir)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.scaling_rounds = args.scaling_rounds or (2 if args.quick else 5)
@@ -912,11 +913,11 @@ def parse_args(argv=None):
         parser.error("--deployment-env takes KEY=VALUE")
     args.deployment_env = dict(item.split("=", 1) for item in args.deployment_env)
     args.app_dir = args.app_dir.resolve()
-    if args.app_dir != REPO or args.no_baseline:
-        args.no_docs = True  # the docs show only complete runs of this repository
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    if args.app_dir != REPO or args.no_baseline or set(args.workloads) != set(WORKLOADS):
+        args.no_docs = True  # the docs show only complete runs of this repository
     if min(args.rounds, args.scaling_rounds, args.gossip_rounds, args.shakespeare_rounds,
            args.deployment_rounds or 2) < 2:
         parser.error("--rounds, --scaling-rounds, --gossip-rounds, --shakespeare-rounds and "
