@@ -116,8 +116,13 @@ class Paths:
         self.log = folder / f"{ident}.log"
 
 
-def _connect(paths: Paths) -> Connection:
-    return Client(str(paths.socket), family="AF_UNIX", authkey=paths.key.read_bytes())
+def _connect(paths: Paths) -> Connection | None:
+    """A connection to the worker at ``paths``; None if there is none, it is dead, or its
+    key is gone."""
+    try:
+        return Client(str(paths.socket), family="AF_UNIX", authkey=paths.key.read_bytes())
+    except (OSError, EOFError, AuthenticationError):
+        return None
 
 
 def _spawn(paths: Paths, idle: float) -> subprocess.Popen:
@@ -153,10 +158,9 @@ def connect(context: Context, idle: float) -> Connection:
     paths = Paths(worker_dir(), worker_id(context))
     with open(paths.lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _connect(paths)
-        except (OSError, EOFError, AuthenticationError):
-            pass  # none, a dead one, or one whose key is gone
+        conn = _connect(paths)
+        if conn is not None:
+            return conn
         process = _spawn(paths, idle)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -165,11 +169,9 @@ def connect(context: Context, idle: float) -> Connection:
                     f"the warm worker exited with code {process.returncode} before it listened; "
                     f"its log {paths.log} ends:\n{log_tail(paths.log)}"
                 )
-            if paths.socket.exists():
-                try:
-                    return _connect(paths)
-                except (OSError, EOFError, AuthenticationError):
-                    pass
+            conn = _connect(paths) if paths.socket.exists() else None
+            if conn is not None:
+                return conn
             time.sleep(0.02)
         process.kill()
         raise WorkerUnavailable(f"the warm worker did not listen within {START_TIMEOUT:.0f} s "

@@ -245,11 +245,10 @@ class LocalDeployment(_LocalFlower):
         ``warm_worker``: seconds each node's warm worker waits for the next message (node
         config ``warm-worker``; 0: every message imports torch and builds the model again in
         its own ClientApp process). Launch settings (``env`` and the caller's environment
-        override them): SuperExec
-        polls for tasks every 0.2 s instead of 1 s, and torch in each ClientApp process
-        uses its share of the cores (``OMP_NUM_THREADS``), since N SuperNodes share this
-        host; with torch's default (one thread per core each) a Fashion-MNIST round took
-        56 s instead of 30 s on 2 cores (docs/benchmarks.md)."""
+        override them): SuperExec polls for tasks every 0.2 s instead of 1 s, and torch in
+        each ClientApp process uses its share of the cores (``OMP_NUM_THREADS``), since N
+        SuperNodes share this host; with torch's default (one thread per core each) a
+        Fashion-MNIST round took 56 s instead of 30 s on 2 cores (docs/benchmarks.md)."""
         env = {**deployment_env(num_supernodes), **(kwargs.pop("env", None) or {})}
         super().__init__(env=env, **kwargs)
         self.num_supernodes = num_supernodes
