@@ -36,12 +36,13 @@ pytestmark = pytest.mark.skipif(not worker.supported(), reason="warm workers nee
 
 
 @pytest.fixture
-def workers(monkeypatch):
+def workers(monkeypatch, tmp_path_factory):
     """A private temporary folder for this test's workers (short: Unix socket paths are
     limited); kills every worker its logs name at the end. Workers get this process's torch
     thread count (other tests change it), as a deployment's ClientApp processes and workers
     share OMP_NUM_THREADS: float sums in another order would differ in the last bits."""
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    tmp_path_factory.getbasetemp()  # pytest's own temporary root, before tempdir is redirected
     base = tempfile.mkdtemp(prefix="fl-", dir="/tmp")
     monkeypatch.setattr(tempfile, "tempdir", base)
     folder = Path(base) / f"fedlocal-workers-{os.getuid()}"
