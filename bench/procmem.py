@@ -224,10 +224,10 @@ class TreeMemory:
             out[name] = {
                 "processes": len(recs),
                 "cpu_seconds": sum(cpu),
-                "cpu_seconds_median": _percentile(cpu, 50),
+                "cpu_seconds_median": percentile(cpu, 50),
                 "ended": len(lives),
-                "lifetime_median": _percentile(lives, 50),
-                "lifetime_p90": _percentile(lives, 90),
+                "lifetime_median": percentile(lives, 50),
+                "lifetime_p90": percentile(lives, 90),
                 "lifetime_total": sum(lives),
             }
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_seconds"]))
@@ -262,8 +262,9 @@ class TreeMemory:
         }
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolation percentile (numpy's default), None for no values."""
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolation percentile (numpy's default), None for no values (also
+    bench.run's)."""
     ordered = sorted(values)
     if not ordered:
         return None

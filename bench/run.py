@@ -57,7 +57,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.procmem import TreeMemory
+from bench.procmem import TreeMemory, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_APP = REPO / "bench" / "quickstart_baseline"
@@ -80,17 +80,6 @@ def log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolation percentile (numpy's default), None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
 
 def round_stats(seconds: list[float], examples: int | None) -> dict:
     """Median and p90 of the rounds after the first, the first round, samples/s."""
