@@ -31,7 +31,9 @@ Workloads (``--workloads``, comma-separated):
 
 (c), the local deployment (``--deployment``): ``server.launch.LocalDeployment``, a
 SuperLink and one SuperNode process per client over gRPC on loopback, where every
-ClientApp message runs in a fresh ``flwr-clientapp`` process. A deployed round costs
+ClientApp message runs in a fresh ``flwr-clientapp`` process that hands it to the node's
+warm worker (``client.worker``; a worker counts as its SuperExec's child in the process
+accounting). A deployed round costs
 seconds, so (c) runs ``--deployment-rounds`` rounds (default: 4, or the workload's
 rounds if fewer), with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2`` (``DEPLOYMENT_ENV``) and
 a fresh split cache (``FEDLOCAL_CACHE``) per run. Its processes' lives and CPU seconds
