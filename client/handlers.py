@@ -24,11 +24,13 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 import tasks
 from client import protocol as P
+from client.attacks import KINDS, attacked, is_attacker
 from client.train import global_norm, local_train, minibatch_gradient, round_seed, steps_for
 from client.worker import process_age
 from conf import from_flat
@@ -133,30 +135,69 @@ def train(msg: Message, context: Context) -> Message:
         arrays, metrics = _train(cfg, msg, context, split, model, loss_fn, seed)
     if want_index:
         metrics[P.PARTITION_ID] = partition_id
-    if P.FAULT in context.node_config:
-        arrays = corrupted(arrays, str(context.node_config[P.FAULT]))
-    return Message(content=RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
+    gradient_mode = config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT
+    start = None if gradient_mode else msg.content[P.ARRAYS].to_torch_state_dict()
+    kind = attack_kind(cfg, context, partition_id)
+    if kind is not None:
+        seed_noise = round_seed(cfg.run.seed, node, server_round)
+        arrays = ArrayRecord(attacked(kind, start, arrays.to_torch_state_dict(),
+                                      scale=cfg.attack.scale, std=cfg.attack.std, seed=seed_noise))
+        if kind == "weight_inflation":
+            metrics[P.NUM_EXAMPLES] = cfg.attack.claimed_examples
+    content = RecordDict({P.ARRAYS: arrays, P.METRICS: metrics})
+    fault = context.node_config.get(P.FAULT)
+    if fault is not None and str(fault) not in KINDS:
+        content = broken_reply(content, str(fault))
+    return Message(content=content, reply_to=msg)
 
 
-def corrupted(arrays: ArrayRecord, fault: str) -> ArrayRecord:
-    """A broken client, for testing the server's defences (node config ``fault``): ``nan``
-    fills the first array with NaN, ``shape`` adds a row to it."""
-    state = arrays.to_torch_state_dict()
-    first = next(iter(state))
-    if fault == "nan":
-        state[first] = torch.full_like(state[first], float("nan"))
-    elif fault == "shape":
-        state[first] = torch.cat([state[first], state[first][:1]])
+def attack_kind(cfg, context: Context, partition_id: int | None) -> str | None:
+    """The attack this node makes, if any: its node config ``fault=<kind>`` (a rogue
+    SuperNode in a deployment), else ``attack.kind`` when its partition-id is among the
+    lowest ``attack.fraction`` (simulation)."""
+    fault = context.node_config.get(P.FAULT)
+    if fault is not None and str(fault) in KINDS:
+        return None if str(fault) == "none" else str(fault)
+    num_partitions = context.node_config.get(P.NUM_PARTITIONS)
+    if is_attacker(cfg.attack, partition_id, int(num_partitions) if num_partitions else None):
+        return cfg.attack.kind
+    return None
+
+
+# Replies that break the protocol rather than the model (node config fault=<name>), for
+# testing the server's reply checks in a deployment.
+PROTOCOL_FAULTS = ("shape", "complex_nan", "float64_huge", "extra_metric", "no_metrics")
+
+
+def broken_reply(content: RecordDict, fault: str) -> RecordDict:
+    """``shape`` adds a row to the first array; ``complex_nan`` sends the first array as
+    complex64 NaN; ``float64_huge`` sends it as float64 1e300 (inf as float32);
+    ``extra_metric`` adds a metric no other reply has; ``no_metrics`` drops every metric."""
+    if fault not in PROTOCOL_FAULTS:
+        raise ValueError(f"node config fault={fault!r}: use an attack kind ({', '.join(KINDS)}) "
+                         f"or one of {', '.join(PROTOCOL_FAULTS)}.")
+    arrays = {k: v.numpy() for k, v in content[P.ARRAYS].items()}
+    metrics = MetricRecord(dict(content[P.METRICS]))
+    first = next(iter(arrays))
+    if fault == "shape":
+        arrays[first] = np.concatenate([arrays[first], arrays[first][:1]])
+    elif fault == "complex_nan":
+        arrays[first] = np.full(arrays[first].shape, complex("nan+nanj"), np.complex64)
+    elif fault == "float64_huge":
+        arrays[first] = np.full(arrays[first].shape, 1e300, np.float64)
+    elif fault == "extra_metric":
+        metrics["rogue-metric"] = 1.0
     else:
-        raise ValueError(f"node config fault={fault!r}: use 'nan' or 'shape'.")
-    return ArrayRecord(state)
+        metrics = MetricRecord()
+    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return RecordDict({P.ARRAYS: record, P.METRICS: metrics})
 
 
 def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
     return MetricRecord({
         P.NUM_EXAMPLES: examples, P.UNIT_WEIGHT: 1, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
         P.TRAIN_SECONDS: seconds, P.GRAD_NORM: grad_norm, P.CLIP_FRACTION: clipped,
-        P.PROCESS_SECONDS: process_age(),
+        P.PROCESS_SECONDS: process_age(), P.CUDA: int(torch.cuda.is_initialized()),
     })
 
 

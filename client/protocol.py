@@ -25,7 +25,7 @@ PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"  # a device's own data file (tasks.local_data); replaces the central slice
 WARM_WORKER = "warm-worker"  # seconds a node's warm worker (client.worker) idles; 0/absent = none
-FAULT = "fault"  # testing the server's defences: "nan" or "shape" corrupts every training reply
+FAULT = "fault"  # a rogue node, for testing the server's defences: an attack kind (client.attacks)
 
 # reply metrics; NUM_EXAMPLES (or UNIT_WEIGHT, for uniform averages) is what FedAvg weights by
 NUM_EXAMPLES = "num-examples"
@@ -34,6 +34,7 @@ TRAIN_LOSS = "train-loss"
 NUM_STEPS = "num-steps"
 TRAIN_SECONDS = "train-seconds"
 PROCESS_SECONDS = "process-seconds"  # age of the ClientApp process at reply (Linux; else 0)
+CUDA = "cuda"  # 1 when the client's process trains on a CUDA device (torch initialised CUDA), else 0
 CLIP_FRACTION = "clip-fraction"
 GRAD_NORM = "grad-norm"
 SMOOTHNESS = "smoothness"  # mean local smoothness estimate over sampled steps
@@ -42,6 +43,14 @@ GRADIENT_DRIFT = "gradient-drift"  # max_t ||grad F_k(x_t) - grad F_k(x_0)|| / |
 GRADIENT_DRIFT_MAX = "gradient-drift-max"  # the same value; the server takes its max, not mean
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+
+# every metric a reply may carry; the server drops any other key (strategies.replies)
+TRAIN_METRICS = (
+    NUM_EXAMPLES, UNIT_WEIGHT, TRAIN_LOSS, NUM_STEPS, TRAIN_SECONDS, PROCESS_SECONDS,
+    CLIP_FRACTION, GRAD_NORM, SMOOTHNESS, SMOOTHNESS_GRAD_NORM, GRADIENT_DRIFT,
+    GRADIENT_DRIFT_MAX, PARTITION_ID, CUDA,
+)
+EVALUATE_METRICS = (NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY)
 
 # what the client keeps in context.state between rounds
 STATE_MOMENTUM = "momentum"

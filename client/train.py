@@ -100,6 +100,16 @@ def sgd_step(params, grads, buffers, lr, momentum: float, weight_decay: float) -
         torch._foreach_add_(params, directions, alpha=-lr)
 
 
+def clipped_step(params, grads, buffers, lr: float, clip_gamma: float, momentum: float,
+                 weight_decay: float) -> float:
+    """One clipped step x <- x - min(eta, gamma / ||g||) (g + wd x) on ``params`` in place
+    (naive parallel clipping's server step, on the aggregated gradient); returns ||g||."""
+    norm = global_norm(grads)
+    step = torch.minimum(clip_gamma / norm.clamp_min(1e-12), torch.tensor(lr))
+    sgd_step(params, grads, buffers, step, momentum, weight_decay)
+    return float(norm)
+
+
 def global_norm(tensors) -> torch.Tensor:
     """One L2 norm over all tensors (as if they were one flat vector)."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))

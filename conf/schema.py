@@ -156,9 +156,58 @@ class StrategySection:
         choices=("fedavg", "clipped_fedavg", "naive_clipping", "gossip_pga"),
     )
     weighting: str = opt(
-        "fedavg/clipped_fedavg: weight client models by their number of `examples`, or "
-        "`uniform` (CELGC's average).",
+        "fedavg/clipped_fedavg/naive_clipping: `uniform` = every sound reply weighs 1 "
+        "(nothing is read from the reply; the average the Local SGD and CELGC analyses use), "
+        "or `examples` = weigh by the `num-examples` each client reports, a positive integer "
+        "capped at `strategy.max_examples` (a client decides its own weight up to that cap).",
         choices=("examples", "uniform"),
+    )
+    max_examples: int = opt(
+        "`weighting='examples'`: the most examples one reply may claim; larger claims count as "
+        "this many. 0 = no cap (trusts every client's count).",
+        ge=0,
+    )
+    aggregator: str = opt(
+        "How the server combines the sound replies (fedavg/clipped_fedavg: the model updates; "
+        "naive_clipping: the gradients; gossip_pga: the node models at a global average): "
+        "weighted `mean`; coordinate-wise `median`; `trimmed_mean` (`trim_fraction` cut from "
+        "each end); `krum` / `multi_krum` (`byzantine` = f); `geometric_median` (smoothed "
+        "Weiszfeld); `bgmd` (block-coordinate geometric median with memory, Acharya et al. "
+        "2022, `bgmd_fraction`). See docs/robustness.md.",
+        choices=("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "bgmd"),
+    )
+    trim_fraction: float = opt(
+        "`trimmed_mean`: fraction of the replies cut from each end, per coordinate.",
+        ge=0.0, le=0.49,
+    )
+    byzantine: int = opt(
+        "`krum`/`multi_krum`: f, the number of attackers to tolerate (Krum scores each reply "
+        "by its n - f - 2 nearest others; Multi-Krum averages the n - f best).",
+        ge=0,
+    )
+    gm_tolerance: float = opt(
+        "`geometric_median`/`bgmd`: Weiszfeld stops when an iteration moves the estimate by "
+        "less than this times the (weighted) median distance of the replies to it.",
+        gt=0.0,
+    )
+    gm_max_iter: int = opt(
+        "`geometric_median`/`bgmd`: the most Weiszfeld iterations; an estimate that has not "
+        "converged by then is used as it is and reported (`gm_converged` = 0), never zeros.",
+        ge=1,
+    )
+    gm_smoothing: float = opt(
+        "`geometric_median`/`bgmd`: nu, the smallest distance Weiszfeld divides by.", gt=0.0
+    )
+    bgmd_fraction: float = opt(
+        "`bgmd`: k/d, the fraction of coordinates (the columns of largest norm) whose "
+        "geometric median is taken each round; the rest goes into the server's memory.",
+        gt=0.0, le=1.0,
+    )
+    bgmd_memory: str = opt(
+        "`bgmd`: how the residual of the columns left out is remembered: `mean` (the paper's "
+        "error feedback; a minority can move it, see docs/robustness.md) or `median` "
+        "(coordinate-wise, ours).",
+        choices=("mean", "median"),
     )
     clip_gamma: float = opt(
         "clipped_fedavg/naive_clipping: gamma in the step x <- x - min(eta, gamma/||g||) g; "
@@ -172,10 +221,12 @@ class StrategySection:
     min_available_nodes: int = opt(
         "Nodes that must be connected before a round starts.", ge=1
     )
-    min_replies: int = opt(
-        "fedavg/clipped_fedavg/naive_clipping: fewest sound replies a round may average; "
-        "a round with fewer (nodes dropped, timed out or sent bad arrays) stops the run.",
-        ge=1,
+    min_replies: float = opt(
+        "fedavg/clipped_fedavg/naive_clipping: fewest sound replies a round may combine; "
+        "below 1 a fraction of the nodes sent work (rounded up), from 1 on a count. A round "
+        "with fewer (nodes dropped, timed out, failed or sent unusable replies) stops the run, "
+        "and the launcher exits non-zero.",
+        gt=0.0,
     )
     fraction_evaluate: float = opt(
         "Fraction of nodes for federated evaluation on their local data "
@@ -211,10 +262,37 @@ class StrategySection:
         "(drop it and rebuild W on the remaining graph with Metropolis-Hastings weights).",
         choices=("stop", "renormalize"),
     )
+    min_gossip_nodes: int = opt(
+        "gossip_pga with `failure_policy='renormalize'`: the run stops when fewer graph "
+        "nodes than this would remain.",
+        ge=1,
+    )
     evaluate_nodes: bool = opt(
         "gossip_pga: also evaluate every node's own model on the test set each round "
         "(mean over nodes)."
     )
+
+
+@dataclass
+class AttackSection:
+    kind: str = opt(
+        "Simulated attackers, for research and tests (the server is never told who they "
+        "are). An attacker that trained x_i from x sends x + s (x_i - x): `sign_flip` s = "
+        "-`scale`, `scale` s = +`scale`; `gaussian` adds N(0, `std`^2) noise to x_i; "
+        "`zero_model` sends zeros; `weight_inflation` trains honestly but claims "
+        "`claimed_examples`; `free_rider` sends x back untrained; `nan` sends NaN. "
+        "naive_clipping: the same on the gradient (x = 0).",
+        choices=("none", "sign_flip", "scale", "gaussian", "zero_model", "weight_inflation",
+                 "free_rider", "nan"),
+    )
+    fraction: float = opt(
+        "Fraction of the clients that attack: those with the lowest partition-ids "
+        "(floor(fraction x num-partitions)).",
+        ge=0.0, le=1.0,
+    )
+    scale: float = opt("`sign_flip`/`scale`: the factor s applied to the update.", gt=0.0)
+    std: float = opt("`gaussian`: the noise's standard deviation.", ge=0.0)
+    claimed_examples: int = opt("`weight_inflation`: the `num-examples` an attacker claims.", ge=1)
 
 
 @dataclass
@@ -230,6 +308,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    attack: AttackSection = field(default_factory=AttackSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
 

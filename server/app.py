@@ -120,4 +120,8 @@ def main(grid: Grid, context: Context) -> None:
     summary = folder.finish(final)
     log(INFO, "fedlocal: done in %.1f s; final %s", summary["seconds"],
         {k: v for k, v in summary["final"].items() if k.startswith("test_")})
+    if summary["failures"]:
+        log(WARNING, "fedlocal: status %s: replies failed or were rejected in round(s) %s "
+            "(counts in summary.json; reasons in the log above)", summary["status"],
+            ", ".join(summary["failures"]))
     log(INFO, "fedlocal: results in %s", folder.path)

@@ -88,10 +88,13 @@ class RunFolder:
             torch.save(state_dict, self.path / MODEL_FILE)
         last = self.records[-1] if self.records else {}
         accuracies = [r["test_accuracy"] for r in self.records if r.get("test_accuracy") is not None]
+        failures = failures_by_round(self.records)
+        status = "failed" if error else "completed_with_failures" if failures else "completed"
         summary = {
             "run_dir": str(self.path),
-            "status": "failed" if error else "completed",
+            "status": status,
             "error": error,
+            "failures": failures,
             "task": self.cfg.task.name,
             "strategy": self.cfg.strategy.name,
             "rounds": len(self.records),
@@ -109,6 +112,18 @@ class RunFolder:
         }
         (self.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def failures_by_round(records: list[dict]) -> dict[str, dict]:
+    """The rounds in which some node failed (silent, error reply, rejected reply) or the
+    aggregate was not taken, with the counts; empty for a clean run."""
+    out = {}
+    for record in records:
+        failed, rejected = record.get("num_failures") or 0, record.get("aggregate_rejected") or 0
+        if failed or rejected:
+            out[str(record["round"])] = {"num_failures": failed, "num_replies": record.get("num_replies"),
+                                         "aggregate_rejected": rejected}
+    return out
 
 
 def _version(package: str) -> str | None:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def build_aggregator(cfg):
+    """The aggregation rule named by ``strategy.aggregator``, with its settings."""
+    from strategies.aggregators import make_aggregator
+
+    s = cfg.strategy
+    return make_aggregator(s.aggregator, trim_fraction=s.trim_fraction, byzantine=s.byzantine,
+                           gm_tolerance=s.gm_tolerance, gm_max_iter=s.gm_max_iter,
+                           gm_smoothing=s.gm_smoothing, bgmd_fraction=s.bgmd_fraction,
+                           bgmd_memory=s.bgmd_memory)
+
+
 def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes=None):
     """The strategy named by ``strategy.name``, configured from the typed config.
     ``run_config`` is the resolved config as a ConfigRecord, sent along to clients;
@@ -10,6 +21,8 @@ def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes
     s = cfg.strategy
     sampling = {
         "weighting": s.weighting,
+        "max_examples": s.max_examples,
+        "aggregator": build_aggregator(cfg),
         "min_replies": s.min_replies,
         "node_wait": s.node_wait,
         "fraction_train": s.fraction_train,
@@ -49,5 +62,7 @@ def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes
             schedule=AveragingSchedule(s.averaging, s.period),
             failure_policy=s.failure_policy,
             evaluate_nodes=evaluate_nodes if s.evaluate_nodes else None,
+            aggregator=build_aggregator(cfg),
+            min_nodes=s.min_gossip_nodes,
         )
     raise ValueError(f"Unknown strategy {s.name!r}.")

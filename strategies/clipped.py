@@ -11,7 +11,8 @@ strategy only sends eta, gamma and I each round. It is not Flower's DP clipping,
 clips whole updates.
 
 The naive baseline communicates every step: each client returns the gradient of one
-mini-batch at the global model x, and the server takes the clipped step on the average::
+mini-batch at the global model x, and the server takes the clipped step on their
+aggregate (the mean, or a robust ``strategy.aggregator``)::
 
     g = (1/N) sum_i g_i ;  x <- x - min(eta, gamma / ||g||) (g + wd x)
 
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from client import protocol as P
-from client.train import global_norm, sgd_step
+from client.train import clipped_step
 from strategies.fedavg import FedAvg
+from strategies.replies import flat, unflat
 
 
 class ClippedFedAvg(FedAvg):
@@ -52,7 +55,9 @@ class ClippedFedAvg(FedAvg):
 
 
 class NaiveClipping(FedAvg):
-    """Every round: clients send one mini-batch gradient; the server clips the average."""
+    """Every round: clients send one mini-batch gradient; the server clips the aggregate."""
+
+    relative = False  # replies are gradients: aggregate them as they are
 
     def __init__(self, run_config: ConfigRecord, *, lr: float, clip_gamma: float,
                  momentum: float = 0.0, weight_decay: float = 0.0, **kwargs) -> None:
@@ -62,30 +67,26 @@ class NaiveClipping(FedAvg):
         self.lr, self.clip_gamma = lr, clip_gamma
         self.momentum, self.weight_decay = momentum, weight_decay
         self.buffers: list[torch.Tensor] = []  # server-side momentum
-        self.current: ArrayRecord | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config[P.MODE] = P.MODE_GRADIENT
-        self.current = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # Flower's FedAvg averages the replies' arrays: here those are the gradients.
-        mean_grad, metrics = super().aggregate_train(server_round, replies)
-        if mean_grad is None or self.current is None:
-            return None, metrics
-        state = self.current.to_torch_state_dict()
-        grads = mean_grad.to_torch_state_dict()
+    def apply(self, aggregate: np.ndarray, metrics: MetricRecord) -> np.ndarray | None:
+        """x <- x - min(eta, gamma / ||g||) (g + wd x), g = the aggregated gradient (with
+        the server's momentum), in the model's dtype as the clients would take it."""
+        state = {k: torch.from_numpy(v) for k, v in unflat(self.x, self.specs).items()}
+        grads = {k: torch.from_numpy(v) for k, v in unflat(aggregate, self.specs).items()}
         params = [state[name] for name in grads]
         g = [grads[name] for name in grads]
-        norm = global_norm(g)
-        step = torch.minimum(self.clip_gamma / norm.clamp_min(1e-12), torch.tensor(self.lr))
-        sgd_step(params, g, self.buffers, step, self.momentum, self.weight_decay)
-        metrics[P.CLIP_FRACTION] = float(self.clip_gamma / max(float(norm), 1e-12) < self.lr)
-        metrics["mean-grad-norm"] = float(norm)
-        self.round_metrics[server_round] = dict(metrics)
-        return ArrayRecord(state), metrics
+        buffers = [b.clone() for b in self.buffers]
+        norm = clipped_step(params, g, buffers, self.lr, self.clip_gamma, self.momentum,
+                            self.weight_decay)
+        new = flat({k: v.numpy() for k, v in state.items()})
+        if np.isfinite(new).all():  # momentum advances only with a model that is taken
+            self.buffers[:] = buffers
+        metrics[P.CLIP_FRACTION] = float(self.clip_gamma / max(norm, 1e-12) < self.lr)
+        metrics["mean-grad-norm"] = norm
+        return new

@@ -1,55 +1,61 @@
 """FedAvg / Local SGD: Flower's ``FedAvg``, extended rather than rewritten.
 
 Each round every sampled client runs ``local_steps`` of the one training loop from the
-global model x and the server takes the example-weighted mean (McMahan et al. 2017;
-analysed for ReLU networks by Deng, Kamani, Mahdavi, AISTATS 2022)::
+global model x and returns x_k; the server combines the updates u_k = x_k - x with the
+configured aggregation rule (``strategies.aggregators``; McMahan et al. 2017's weighted mean
+by default, analysed for ReLU networks by Deng, Kamani, Mahdavi, AISTATS 2022)::
 
-    x <- sum_k (n_k / n) x_k
+    x <- x + A(u_1, ..., u_K; w_1, ..., w_K)        A = mean: x <- sum_k (w_k / w) x_k
 
-What this class adds to Flower's: the run's resolved config rides along with the model,
-replies with wrong shapes or non-finite values are dropped (and logged with their node)
-before averaging, nodes that were sent work but did not answer in time are logged by
-node, a round with fewer than ``min_replies`` sound replies stops the run (``DropoutError``)
-instead of averaging too few models, and the payload bytes sent and received are
-returned as metrics (and kept in ``round_metrics`` for the ServerApp's per-round record).
+with server-side weights w_k: 1 (``weighting='uniform'``) or the reply's ``num-examples``
+capped at ``strategy.max_examples`` (``'examples'``).
+
+What this class adds to Flower's: no field of a reply is trusted (``strategies.replies``
+checks records, arrays, dtypes, sizes and metrics before anything is averaged; a bad reply
+is rejected with its node named and the round goes on); the aggregate itself must be finite
+or the round's model is not taken; nodes sent work that did not answer are logged by node;
+a round with fewer than ``min_replies`` sound replies stops the run (``DropoutError``);
+the run config rides along with the model; payload bytes and failures are returned as
+metrics (and kept in ``round_metrics`` for the ServerApp's per-round record).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
-from logging import WARNING
+from logging import ERROR, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from client import protocol as P
-from strategies.replies import reply_problem, shapes_of
-
-
-def with_max(aggregate, keys: tuple[str, ...]):
-    """A train-metrics aggregation that keeps ``aggregate``'s (weighted mean) for every key
-    but takes the max over the replies for ``keys`` (e.g. the worst client's drift)."""
-
-    def aggregate_with_max(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-        metrics = aggregate(contents, weight_key)
-        for key in keys:
-            values = [float(r[P.METRICS][key]) for r in contents if key in r[P.METRICS]]
-            if values:
-                metrics[key] = max(values)
-        return metrics
-
-    return aggregate_with_max
+from strategies.aggregators import Aggregator, make_aggregator
+from strategies.replies import Reply, ReplyError, flat, parse_reply, specs_of, unflat, weighted_metrics
+from strategies.replies import example_weight as _example_weight
 
 
 def as_numpy(record: ArrayRecord) -> dict:
+    """The arrays of a record the server made itself (trusted)."""
     return {name: array.numpy() for name, array in record.items()}
 
 
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
 MAX_KEYS = (P.GRADIENT_DRIFT_MAX,)  # reply metrics aggregated by max, not weighted mean
+
+
+def required_replies(min_replies: float, sent: int) -> int:
+    """``strategy.min_replies`` as a count: below 1 it is a fraction of the nodes sent
+    work (rounded up, at least 1), from 1 on a number of replies."""
+    if min_replies < 1:
+        return max(1, math.ceil(min_replies * sent - 1e-9))
+    return int(min_replies)
 
 
 def wait_for_nodes(grid: Grid, at_least: int, timeout: float, poll: float = 1.0) -> int:
@@ -72,23 +78,27 @@ class DropoutError(RuntimeError):
 
 
 class FedAvg(FlowerFedAvg):
+    relative = True  # replies are models: aggregate their updates x_k - x, then add x
+
     def __init__(self, run_config: ConfigRecord, weighting: str = "examples",
-                 min_replies: int = 1, node_wait: float | None = None, **kwargs) -> None:
+                 min_replies: float = 1, node_wait: float | None = None,
+                 aggregator: Aggregator | None = None, max_examples: int = 0, **kwargs) -> None:
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', not {weighting!r}.")
-        weight_key = P.NUM_EXAMPLES if weighting == "examples" else P.UNIT_WEIGHT
         super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
-                         weighted_by_key=weight_key,
-                         train_metrics_aggr_fn=with_max(aggregate_metricrecords, MAX_KEYS),
-                         **kwargs)
+                         weighted_by_key=P.NUM_EXAMPLES, **kwargs)
         self.run_config = run_config
+        self.weighting, self.max_examples = weighting, max_examples
+        self.aggregator = aggregator if aggregator is not None else make_aggregator("mean")
         self.min_replies, self.node_wait = min_replies, node_wait
         self.sent_to: list[int] = []  # the nodes sent this round's training messages
-        self.expected_shapes: dict[str, tuple[int, ...]] = {}
+        self.specs = []  # ArraySpec of each array of the model sent this round
+        self.x: np.ndarray | None = None  # the model sent this round, flat float64
         self.bytes_sent = 0
         self.bytes_total = 0  # sent + received, all rounds so far
         self.round_metrics: dict[int, dict] = {}  # what aggregate_train returned, by round
 
+    # ------------------------------------------------------------------ send
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -97,7 +107,8 @@ class FedAvg(FlowerFedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:
             message.content[P.RUN_CONFIG] = self.run_config
-        self.expected_shapes = shapes_of(as_numpy(arrays))
+        model = as_numpy(arrays)
+        self.specs, self.x = specs_of(model), flat(model)
         self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
         self.sent_to = [m.metadata.dst_node_id for m in messages]
         return messages
@@ -110,56 +121,115 @@ class FedAvg(FlowerFedAvg):
             message.content[P.RUN_CONFIG] = self.run_config
         return messages
 
-    def sound_replies(self, replies: Iterable[Message]) -> tuple[list[Message], int]:
-        """Replies fit to average (errors pass through for Flower to log), and the
-        number rejected."""
-        kept, rejected = [], 0
-        for reply in replies:
-            if not reply.has_error():
-                record = reply.content.array_records.get(P.ARRAYS)
-                problem = (
-                    f"no '{P.ARRAYS}' array record" if record is None
-                    else reply_problem(self.expected_shapes, as_numpy(record))
-                )
-                if problem:
-                    log(WARNING, "Rejected the reply of node %s: %s.", reply.metadata.src_node_id, problem)
-                    rejected += 1
-                    continue
-            kept.append(reply)
-        return kept, rejected
+    # ------------------------------------------------------------------ check replies
+    def required_metrics(self) -> tuple[str, ...]:
+        return (P.TRAIN_LOSS,) + ((P.NUM_EXAMPLES,) if self.weighting == "examples" else ())
 
+    def weight_of(self, reply: Reply) -> float:
+        """The server's weight for a sound reply: 1, or its capped example count."""
+        if self.weighting == "uniform":
+            return 1.0
+        return _example_weight(reply.metrics, self.max_examples)
+
+    def sound_replies(self, server_round: int, replies: Iterable[Message], specs, required,
+                      known=P.TRAIN_METRICS) -> tuple[dict[int, tuple[Reply, float]], list[int], list[int]]:
+        """The replies fit to use, by node, with their weights; the nodes whose reply was
+        an error; the nodes whose reply was rejected (each logged with its reason)."""
+        sound: dict[int, tuple[Reply, float]] = {}
+        errors, rejected = [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                errors.append(node)
+                log(WARNING, "Round %d: node %s replied with an error: %s", server_round, node,
+                    getattr(reply.error, "reason", reply.error))
+                continue
+            try:
+                parsed = parse_reply(reply.content, specs, required, known)
+                if node in sound:
+                    raise ReplyError("a second reply from the same node")
+                sound[node] = (parsed, self.weight_of(parsed))
+            except ReplyError as err:
+                problem = str(err)
+            except Exception as err:  # noqa: BLE001 - whatever a hostile reply makes the decoder raise
+                problem = f"it could not be decoded ({type(err).__name__}: {err})"
+            else:
+                continue
+            rejected.append(node)
+            log(WARNING, "Rejected the reply of node %s: %s.", node, problem)
+        return sound, errors, rejected
+
+    # ------------------------------------------------------------------ aggregate
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         received = sum(P.payload_bytes(r.content) for r in replies if not r.has_error())
-        kept, rejected = self.sound_replies(replies)
-        arrays, metrics = super().aggregate_train(server_round, kept)
-        metrics = metrics if metrics is not None else MetricRecord()
-        metrics.pop(P.UNIT_WEIGHT, None)
+        sound, errors, rejected = self.sound_replies(server_round, replies, self.specs,
+                                                     self.required_metrics())
+        missing = self.check_dropouts(server_round, replies, len(sound), errors, rejected)
+        kept = [reply for reply, _ in sound.values()]
+        weights = np.array([w for _, w in sound.values()])
+        rows = np.stack([flat(reply.arrays) for reply in kept])
+        if self.relative:
+            rows -= self.x
+        started = time.perf_counter()
+        result = self.aggregator(rows, weights, keys=list(sound))
+        seconds = time.perf_counter() - started
+        metrics = MetricRecord(weighted_metrics(kept, list(weights), MAX_KEYS))
+        for key in (P.UNIT_WEIGHT, P.PARTITION_ID):
+            metrics.pop(key, None)
         metrics.update(self.comm_metrics(server_round, received))
-        metrics["num-replies"] = sum(1 for r in kept if not r.has_error())
-        missing = self.check_dropouts(server_round, replies, metrics["num-replies"])
-        metrics["num-failures"] = sum(1 for r in replies if r.has_error()) + rejected + len(missing)
+        metrics.update({key: float(value) for key, value in result.info.items()})
+        metrics["aggregation-seconds"] = seconds
+        metrics["num-replies"] = len(kept)
+        metrics["num-failures"] = len(errors) + len(rejected) + len(missing)
+        new = self.apply(result.vector, metrics)
+        arrays = unflat(new, self.specs) if new is not None else None
+        if arrays is not None and not all(np.isfinite(v).all() for v in arrays.values()):
+            arrays = None
+        if arrays is None:
+            log(ERROR, "Round %d: the aggregate of %d sound replies is not finite (%s); the "
+                "round's model is NOT taken and the previous global model stays. The replies "
+                "passed every check, so their values are finite but too large to combine: try a "
+                "robust strategy.aggregator (e.g. 'median' or 'geometric_median').",
+                server_round, len(kept), self.aggregator.name)
+        metrics["aggregate-rejected"] = int(arrays is None)
         self.round_metrics[server_round] = dict(metrics)
-        return arrays, metrics
+        return (to_record(arrays) if arrays is not None else None), metrics
 
-    def check_dropouts(self, server_round: int, replies: list[Message], sound: int) -> list[int]:
+    def apply(self, aggregate: np.ndarray, metrics: MetricRecord) -> np.ndarray | None:
+        """The new global model (flat float64) from the aggregate of the rows."""
+        return self.x + aggregate
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Federated evaluation: the example-weighted mean of the sound replies' metrics."""
+        sound, _, _ = self.sound_replies(server_round, replies, None, (P.NUM_EXAMPLES,),
+                                         P.EVALUATE_METRICS)
+        if not sound:
+            return None
+        kept = [reply for reply, _ in sound.values()]
+        weights = [_example_weight(r.metrics, self.max_examples) for r in kept]
+        return MetricRecord(weighted_metrics(kept, weights))
+
+    def check_dropouts(self, server_round: int, replies: list[Message], sound: int,
+                       errors: list[int], rejected: list[int]) -> list[int]:
         """Log the nodes that were sent work but did not answer (killed, unplugged, or past
-        ``round_timeout``; Flower itself logs error replies), and stop the run when fewer
-        than ``min_replies`` sound replies remain. Returns the silent nodes."""
+        ``round_timeout``), and stop the run when fewer than ``min_replies`` sound replies
+        remain. Returns the silent nodes."""
         answered = {r.metadata.src_node_id for r in replies}
         missing = [node for node in self.sent_to if node not in answered]
         if missing:
             log(WARNING, "Round %d: no reply from node(s) %s; going on with %d reply(ies).",
                 server_round, ", ".join(map(str, missing)), sound)
-        if sound < self.min_replies:
-            failed = [r.metadata.src_node_id for r in replies if r.has_error()]
+        need = required_replies(self.min_replies, len(self.sent_to))
+        if sound < need or sound == 0:
             raise DropoutError(
                 f"Round {server_round}: only {sound} sound reply(ies) of {len(self.sent_to)} sent, "
-                f"fewer than strategy.min_replies={self.min_replies} (silent: {missing or 'none'}, "
-                f"error replies: {failed or 'none'}; rejected replies are logged above). Lower "
-                "strategy.min_replies, raise strategy.round_timeout, or check the SuperNodes."
+                f"fewer than strategy.min_replies={self.min_replies:g} asks ({need}): "
+                f"silent: {missing or 'none'}; error replies: {errors or 'none'}; rejected as "
+                f"unusable (reasons logged above): {rejected or 'none'}. Lower "
+                "strategy.min_replies, raise strategy.round_timeout, or look at the nodes named."
             )
         return missing
 

@@ -12,11 +12,15 @@ Local SGD (W = I) and parallel SGD (H = 1) are configurations of this one loop.
 
 Node i's graph index is its ``partition-id``, reported with its first reply (every node
 starts from the same x_0, so round 1 needs no index), and checked every round; it never
-depends on the order replies arrive in. A node that does not answer stops the run
-(``failure_policy='stop'``), or is dropped and W rebuilt on the remaining graph with
-Metropolis-Hastings weights (``'renormalize'``): a partial set is never averaged as if it
-were complete. Flower's own round loop (``Strategy.start``) drives this; only
-``configure_train`` and ``aggregate_train`` differ from FedAvg.
+depends on the order replies arrive in. Replies are checked as FedAvg's are
+(``strategies.replies``), and a node whose reply cannot be used (rejected, missing
+``partition-id`` or ``train-loss``, an index that is not its own) counts as not answering:
+that stops the run (``failure_policy='stop'``), or the node is dropped and W rebuilt on the
+remaining graph with Metropolis-Hastings weights (``'renormalize'``; the run stops when
+fewer than ``min_gossip_nodes`` would remain): a partial set is never averaged as if it
+were complete. The global average can be a robust one (``strategy.aggregator``).
+Flower's own round loop (``Strategy.start``) drives this; only ``configure_train`` and
+``aggregate_train`` differ from FedAvg.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from client import protocol as P
+from strategies.aggregators import Aggregator
 from strategies.fedavg import FedAvg, as_numpy
-from strategies.schedule import AveragingSchedule, mix_step, modelled_cost, without_nodes
+from strategies.replies import ArraySpec, ReplyError, as_integer, flat
+from strategies.schedule import AveragingSchedule, loss_statistic, mix_step, modelled_cost, without_nodes
 from strategies.topology import beta, check_mixing_matrix, consensus_distance
 
 
@@ -67,6 +73,8 @@ class GossipPGA(FedAvg):
         schedule: AveragingSchedule,
         failure_policy: str = "stop",
         evaluate_nodes: Callable[[list[ArrayRecord]], dict[str, float]] | None = None,
+        aggregator: Aggregator | None = None,
+        min_nodes: int = 1,
     ) -> None:
         if failure_policy not in ("stop", "renormalize"):
             raise ValueError(f"failure_policy must be 'stop' or 'renormalize', not {failure_policy!r}.")
@@ -76,7 +84,9 @@ class GossipPGA(FedAvg):
                 raise ValueError(f"W has shape {W.shape}, expected ({num_nodes}, {num_nodes}).")
             check_mixing_matrix(W)
         super().__init__(run_config, fraction_train=1.0, fraction_evaluate=0.0,
-                         min_train_nodes=num_nodes, min_available_nodes=num_nodes)
+                         min_train_nodes=num_nodes, min_available_nodes=num_nodes,
+                         weighting="uniform", aggregator=aggregator)
+        self.min_nodes = min_nodes
         self.n, self.mixing, self.schedule = num_nodes, mixing, schedule
         self.failure_policy, self.evaluate_nodes = failure_policy, evaluate_nodes
         self.X: np.ndarray | None = None  # (n, d) node models, row = graph index
@@ -104,7 +114,7 @@ class GossipPGA(FedAvg):
             )
             for node_id, record in payloads.items()
         ]
-        self.expected_shapes = {name: shape for name, (shape, _) in self.layout.items()}
+        self.specs = [ArraySpec(name, tuple(shape), dtype) for name, (shape, dtype) in self.layout.items()]
         self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
         return messages
 
@@ -125,26 +135,22 @@ class GossipPGA(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         received = sum(P.payload_bytes(r.content) for r in replies if not r.has_error())
-        kept, _ = self.sound_replies(replies)
-        for reply in replies:
-            if reply.has_error():  # the client's own reason, e.g. a missing partition-id
-                log(WARNING, "Gossip-PGA round %d: node %s replied with an error: %s",
-                    server_round, reply.metadata.src_node_id, reply.error.reason)
-        by_node = {r.metadata.src_node_id: r for r in kept if not r.has_error()}
+        sound, _, _ = self.sound_replies(server_round, replies, self.specs,
+                                         (P.TRAIN_LOSS, P.PARTITION_ID))
+        by_node = {node: reply for node, (reply, _) in sound.items()}
         if self.X is None:
-            self._learn_indices(by_node)
+            self._learn_indices(server_round, by_node)
         self._handle_missing(server_round, by_node)
 
         iteration = server_round - 1
         rows = [by_node[self.node_of[i]] for i in self.active]
-        Y = np.stack([flatten(r.content[P.ARRAYS])[0] for r in rows])
-        losses = [float(r.content[P.METRICS][P.TRAIN_LOSS]) for r in rows]
-        mean_loss = float(np.mean(losses))
+        Y = np.stack([flat(r.arrays) for r in rows]).astype(np.float32)
+        losses = [float(r.metrics[P.TRAIN_LOSS]) for r in rows]
         W = self.mixing(iteration)
         if len(self.active) < self.n:
             W = without_nodes(W, self.active)
-        is_global = self.schedule.is_global(iteration, mean_loss)
-        X_active = mix_step(Y, W, is_global)
+        is_global = self.schedule.is_global(iteration, loss_statistic(losses))
+        X_active = mix_step(Y, W, is_global, self.aggregator)
         if self.X is None:
             self.X = np.zeros((self.n, Y.shape[1]), dtype=Y.dtype)
         self.X[self.active] = X_active
@@ -152,7 +158,8 @@ class GossipPGA(FedAvg):
         model_bytes = int(Y.shape[1] * Y.itemsize)
         modelled_bytes, hops = modelled_cost(W, is_global, model_bytes)
         metrics = MetricRecord({
-            P.TRAIN_LOSS: mean_loss,
+            P.TRAIN_LOSS: float(np.mean(losses)),
+            "train-loss-median": loss_statistic(losses),
             "consensus-distance": consensus_distance(X_active),
             "consensus-distance-before-mixing": consensus_distance(Y),
             "global-average": int(is_global),
@@ -171,33 +178,71 @@ class GossipPGA(FedAvg):
         self.round_metrics[server_round] = dict(metrics)
         return unflatten(X_active.mean(axis=0, dtype=np.float64).astype(Y.dtype), self.layout), metrics
 
-    def _learn_indices(self, by_node: dict[int, Message]) -> None:
+    def _index_of(self, node_id: int, reply) -> int | None:
+        """The graph index a reply reports, or None (logged) when it is not one."""
+        try:
+            index = as_integer(P.PARTITION_ID, reply.metrics[P.PARTITION_ID])
+        except ReplyError as err:
+            log(WARNING, "Rejected the reply of node %s: %s.", node_id, err)
+            return None
+        if not 0 <= index < self.n:
+            log(WARNING, "Rejected the reply of node %s: partition-id %d is not a graph index "
+                "0..%d (set num-partitions=%d on every node).", node_id, index, self.n - 1, self.n)
+            return None
+        return index
+
+    def _learn_indices(self, server_round: int, by_node: dict[int, object]) -> None:
+        """Round 1: place each node on the graph by its partition-id. Nodes that report no
+        usable index, or an index another node also claims, are left out (all claimants of
+        a contested index: the server cannot tell which is honest) and count as missing."""
+        claims: dict[int, list[int]] = {}
         for node_id, reply in by_node.items():
-            index = int(reply.content[P.METRICS][P.PARTITION_ID])
-            if not 0 <= index < self.n or index in self.node_of:
-                raise NodeFailure(
-                    f"Node {node_id} reports partition-id {index}; Gossip-PGA needs each of "
-                    f"0..{self.n - 1} exactly once (set num-partitions={self.n} on every node)."
-                )
-            self.node_of[index] = node_id
+            index = self._index_of(node_id, reply)
+            if index is not None:
+                claims.setdefault(index, []).append(node_id)
+        for index, nodes in sorted(claims.items()):
+            if len(nodes) == 1:
+                self.node_of[index] = nodes[0]
+            else:
+                log(WARNING, "Gossip-PGA round %d: nodes %s all claim graph index %d; none is "
+                    "placed there (give every SuperNode a distinct partition-id).",
+                    server_round, nodes, index)
         log(INFO, "Gossip-PGA: graph index -> node id %s", dict(sorted(self.node_of.items())))
 
-    def _handle_missing(self, server_round: int, by_node: dict[int, Message]) -> None:
+    def _handle_missing(self, server_round: int, by_node: dict[int, object]) -> None:
+        """Drop from ``by_node`` every reply that cannot be used, then apply the failure
+        policy to the graph nodes without a usable reply."""
+        for node_id in list(by_node):  # the index must be stable
+            index = self._index_of(node_id, by_node[node_id])
+            held = next((i for i, n in self.node_of.items() if n == node_id), None)
+            if index is not None and self.node_of.get(index) != node_id:
+                if held is not None:  # (a node never placed was logged when it was not)
+                    log(WARNING, "Rejected the reply of node %s: it reports partition-id %s, "
+                        "but holds graph index %s.", node_id, index, held)
+                index = None
+            if index is None:
+                del by_node[node_id]
         missing = [i for i in self.active if self.node_of.get(i) not in by_node]
-        for node_id, reply in by_node.items():  # the index must be stable
-            index = int(reply.content[P.METRICS][P.PARTITION_ID])
-            if self.node_of.get(index) != node_id:
-                raise NodeFailure(f"Node {node_id} changed its partition-id to {index} mid-run.")
         if not missing:
             return
-        if self.failure_policy == "stop" or len(missing) == len(self.active):
+        if self.failure_policy == "stop":
             raise NodeFailure(
                 f"Gossip-PGA round {server_round}: graph node(s) {missing} did not answer in "
-                "time or sent an unusable reply. Stopping: averaging a partial set would break "
-                "W's double stochasticity. Set strategy.failure_policy='renormalize' to drop "
-                "such nodes and rebuild W on the remaining graph."
+                "time or sent an unusable reply (reasons logged above). Stopping: averaging a "
+                "partial set would break W's double stochasticity. Set "
+                "strategy.failure_policy='renormalize' to drop such nodes and rebuild W on "
+                "the remaining graph."
             )
-        self.active = [i for i in self.active if i not in missing]
+        remaining = [i for i in self.active if i not in missing]
+        if len(remaining) < self.min_nodes:
+            raise NodeFailure(
+                f"Gossip-PGA round {server_round}: graph node(s) {missing} did not answer in "
+                f"time or sent an unusable reply (reasons logged above), which would leave "
+                f"{len(remaining)} node(s), fewer than strategy.min_gossip_nodes="
+                f"{self.min_nodes}. Stopping. Check the nodes named above, or lower "
+                "strategy.min_gossip_nodes."
+            )
+        self.active = remaining
         log(WARNING, "Gossip-PGA round %d: dropped graph node(s) %s; %d remain, W rebuilt "
             "with Metropolis-Hastings weights.", server_round, missing, len(self.active))
 

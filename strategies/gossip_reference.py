@@ -5,8 +5,10 @@ All n node models are stacked as the rows of X (n, d). Each iteration k every no
 the same ``client.train.local_train`` the ClientApp runs, on the same partition
 (``tasks.client_split``), with the same batch seed ``round_seed(run.seed, i, k + 1)`` and,
 when configured, its own momentum carried over; then ``strategies.schedule.mix_step``
-applies W_k or the global mean, exactly as ``strategies.gossip.GossipPGA`` does. Given the
-same config the two produce the same node models up to float rounding.
+applies W_k or the global mean (robust with ``strategy.aggregator``), exactly as
+``strategies.gossip.GossipPGA`` does; simulated attackers (``attack.*``, lowest graph
+indices) send what ``client.attacks`` makes of their result. Given the same config the two
+produce the same node models up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 
 import tasks
+from client.attacks import attacked, num_attackers
 from client.train import local_train, round_seed, steps_for
-from strategies.schedule import AveragingSchedule, mix_step, modelled_cost
+from strategies import build_aggregator
+from strategies.schedule import AveragingSchedule, loss_statistic, mix_step, modelled_cost
 from strategies.topology import build_topology, consensus_distance
 
 
@@ -32,13 +36,17 @@ def _vector(model: torch.nn.Module) -> np.ndarray:
     return np.concatenate([t.detach().cpu().float().numpy().ravel() for t in model.state_dict().values()])
 
 
-def _load(model: torch.nn.Module, vector: np.ndarray) -> None:
+def _state(model: torch.nn.Module, vector: np.ndarray) -> dict[str, torch.Tensor]:
     state, start = {}, 0
     for name, tensor in model.state_dict().items():
         size = tensor.numel()
         state[name] = torch.from_numpy(vector[start : start + size].reshape(tensor.shape).copy())
         start += size
-    model.load_state_dict(state)
+    return state
+
+
+def _load(model: torch.nn.Module, vector: np.ndarray) -> None:
+    model.load_state_dict(_state(model, vector))
 
 
 def simulate(cfg, num_nodes: int, iterations: int | None = None, evaluate_every: int = 0) -> ReferenceRun:
@@ -55,6 +63,9 @@ def simulate(cfg, num_nodes: int, iterations: int | None = None, evaluate_every:
     mixing = build_topology(s.topology, num_nodes, seed=cfg.run.seed, p=s.edge_probability)
     schedule = AveragingSchedule(s.averaging, s.period)
     buffers: list[list[torch.Tensor] | None] = [None] * num_nodes
+    aggregator = build_aggregator(cfg)
+    attack = cfg.attack
+    attackers = num_attackers(attack.fraction, num_nodes) if attack.kind != "none" else 0
     run = ReferenceRun(X)
     for k in range(iterations):
         Y = np.empty_like(X)
@@ -72,10 +83,19 @@ def simulate(cfg, num_nodes: int, iterations: int | None = None, evaluate_every:
             buffers[i] = result.momentum
             losses.append(result.loss)
             Y[i] = _vector(model)
-        is_global = schedule.is_global(k, float(np.mean(losses)))
-        X = mix_step(Y, mixing(k), is_global)
+            if i < attackers:
+                start = _state(model, X[i])
+                sent = attacked(attack.kind, start, model.state_dict(), scale=attack.scale,
+                                std=attack.std, seed=round_seed(cfg.run.seed, i, k + 1))
+                Y[i] = np.concatenate([v.detach().cpu().float().numpy().ravel() for v in sent.values()])
+        if not np.isfinite(Y).all():
+            raise ValueError(f"Iteration {k + 1}: a node model is not finite (attack.kind="
+                             f"{attack.kind!r}); the strategy would drop or stop on that node.")
+        is_global = schedule.is_global(k, loss_statistic(losses))
+        X = mix_step(Y, mixing(k), is_global, aggregator)
         modelled_bytes, hops = modelled_cost(mixing(k), is_global, X.shape[1] * X.itemsize)
         record = {"iteration": k + 1, "train_loss": float(np.mean(losses)),
+                  "train_loss_median": loss_statistic(losses),
                   "consensus_distance": consensus_distance(X), "global_average": int(is_global),
                   "period": schedule.period, "modelled_bytes_per_node": modelled_bytes,
                   "modelled_hops": hops}

@@ -54,7 +54,7 @@ def test_task_name_override_selects_its_layer():
     ("overrides", "message"),
     [
         ({"train.lrr": 0.1}, "Unknown config key 'train.lrr' in the overrides. Keys of 'train': "),
-        ({"trian.lr": 0.1}, "Unknown config key 'trian.lr' in the overrides. Sections: data, eval"),
+        ({"trian.lr": 0.1}, "Unknown config key 'trian.lr' in the overrides. Sections: attack, data, eval"),
         ({"train.lr": "fast"}, "Config key 'train.lr' (the overrides) must be float, got 'fast'"),
         ({"train.local_steps": 2.5}, "Config key 'train.local_steps' (the overrides) must be int"),
         ({"run.save_model": 1}, "Config key 'run.save_model' (the overrides) must be bool"),

@@ -227,3 +227,51 @@ def test_devices_train_on_their_own_data_files_over_tls(tmp_path):
     assert all(r["num_replies"] == 2 for r in rows)
     assert rows[-1]["num_steps"] == pytest.approx(expected)
     assert rows[-1]["test_accuracy"] > 0.5
+
+
+ROGUE_RUNS = {  # rogue SuperNode 2's fault, the strategy, what the server must log about it
+    "weight_inflation": ({}, None),
+    "complex_nan": ({}, "has dtype complex64, not a real number type"),
+    "extra_metric": ({}, None),
+    "float64_huge": ({"strategy.name": "gossip_pga", "strategy.period": 2,
+                      "strategy.failure_policy": "renormalize"},
+                     "holds NaN or infinite values (as float32)"),
+}
+
+
+def final_accuracy(deployment: LocalDeployment, out: Path, name: str, overrides: dict) -> dict:
+    status, output = deployment.run({"run.rounds": 3, "run.output_dir": str(out), "run.name": name,
+                                     **overrides})
+    assert status == "finished:completed", f"{name}:\n{output[-3000:]}"
+    summary = json.loads((out / name / "summary.json").read_text())
+    return {"accuracy": summary["final"]["test_accuracy"], "summary": summary, "output": output}
+
+
+@pytest.fixture(scope="module")
+def honest_accuracy(tmp_path_factory):
+    """The final test accuracy of honest 3-SuperNode runs, fedavg and gossip_pga."""
+    out = tmp_path_factory.mktemp("honest")
+    with LocalDeployment(3, flwr_home=out / "flwr") as deployment:
+        return {"fedavg": final_accuracy(deployment, out, "fedavg", {})["accuracy"],
+                "gossip_pga": final_accuracy(deployment, out, "gossip_pga",
+                                             ROGUE_RUNS["float64_huge"][0])["accuracy"]}
+
+
+@pytest.mark.parametrize("fault", list(ROGUE_RUNS))
+def test_a_rogue_supernode_neither_stops_nor_steers_the_run(tmp_path, honest_accuracy, fault):
+    """3 SuperNodes, node 2 rogue (node config fault=...): the run completes, the rogue's
+    unusable replies are rejected by node, and the final accuracy is within 0.05 of the
+    honest run's."""
+    overrides, reason = ROGUE_RUNS[fault]
+    with LocalDeployment(3, flwr_home=tmp_path / "flwr", node_config={2: f"fault='{fault}'"}) as deployment:
+        result = final_accuracy(deployment, tmp_path, fault, overrides)
+    strategy = overrides.get("strategy.name", "fedavg")
+    assert abs(result["accuracy"] - honest_accuracy[strategy]) <= 0.05, (result["accuracy"], honest_accuracy)
+    rejected = re.findall(r"Rejected the reply of node (\d+): (.*)", result["output"])
+    if reason is None:  # a reply the server can use: nothing rejected, nothing failed
+        assert not rejected and result["summary"]["status"] == "completed"
+    else:
+        assert rejected and all(reason in why for _, why in rejected), rejected
+        assert len({node for node, _ in rejected}) == 1
+        assert result["summary"]["status"] == "completed_with_failures"
+        assert result["summary"]["failures"]

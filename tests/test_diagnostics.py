@@ -171,7 +171,7 @@ def test_client_reply_carries_drift_only_when_on(flower_identity):
 
 
 def test_server_takes_the_max_of_drift_max_and_the_weighted_mean_of_the_rest(flower_identity):
-    cfg = load_config({**TEACHER, "train.drift_every": 1})
+    cfg = load_config({**TEACHER, "train.drift_every": 1, "strategy.weighting": "examples"})
     strategy, messages = setup_round(cfg, {"w": torch.zeros(2)}, [1, 2])
     replies = []
     for message, examples, value in zip(messages, (30, 10), (0.2, 0.6), strict=True):

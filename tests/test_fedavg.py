@@ -41,7 +41,8 @@ def setup_round(cfg, arrays: dict, node_ids):
 
 
 def test_aggregate_is_the_example_weighted_mean(flower_identity):
-    cfg = load_config({"strategy.min_train_nodes": 3, "strategy.min_available_nodes": 3})
+    cfg = load_config({"strategy.min_train_nodes": 3, "strategy.min_available_nodes": 3,
+                       "strategy.weighting": "examples"})
     rng = np.random.default_rng(0)
     shapes = {"w": (4, 3), "b": (3,)}
     start = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
@@ -136,7 +137,7 @@ def test_one_full_batch_step_on_iid_partitions_equals_centralized_gd(flower_iden
     cfg = load_config({
         "data.partition": "iid", "train.local_epochs": 1, "train.batch_size": 100_000,
         "train.lr": 0.5, "strategy.min_train_nodes": clients,
-        "strategy.min_available_nodes": clients,
+        "strategy.min_available_nodes": clients, "strategy.weighting": "examples",
     })
     data = tasks.load_task(cfg)
     model = tasks.make_model(cfg, data)
