@@ -247,3 +247,19 @@ def test_decode_never_materialises_a_declared_size_and_refuses_pickles():
     assert value.dtype == np.float32 and value[3, 2] == 11.0  # integers are converted
     fortran = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3))
     np.testing.assert_array_equal(decode_array("numpy.ndarray", npy(fortran), spec), fortran)
+
+
+def test_federated_evaluation_replies_are_checked_too(flower_identity, caplog):
+    """Evaluation replies carry metrics only; a bad one is rejected by node, the rest averaged."""
+    strategy, messages = setup({"strategy.fraction_evaluate": 1.0})
+    def evaluation(message, metrics):
+        return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=message)
+    good = [evaluation(m, {P.NUM_EXAMPLES: n, P.EVAL_LOSS: loss, P.EVAL_ACCURACY: 0.5})
+            for m, n, loss in zip(messages[:2], (10, 30), (1.0, 2.0), strict=True)]
+    bad = [evaluation(messages[2], {P.NUM_EXAMPLES: 10, P.EVAL_LOSS: float("inf")}),
+           evaluation(messages[3], {P.EVAL_LOSS: 0.0, "rogue": 1.0})]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        metrics = strategy.aggregate_evaluate(1, good + bad)
+    assert metrics[P.EVAL_LOSS] == pytest.approx(0.25 * 1.0 + 0.75 * 2.0)
+    assert f"Rejected the reply of node {NODES[2]}: metric 'eval-loss' is inf" in caplog.text
+    assert f"Rejected the reply of node {NODES[3]}: metric(s) ['num-examples'] missing" in caplog.text
