@@ -215,13 +215,17 @@ def fedlocal_sim(overrides: dict, clients: int, rounds: int, examples: int | Non
         # start the SuperLink inside the app folder under test.
         cwd = os.getcwd()
         os.chdir(app_dir)
+        # train.device='cuda' (--device): every simulated client gets a 1/clients share of
+        # the GPU, since Ray hides the GPU from clients without one
+        gpus = 1 / clients if overrides.get("train.device") == "cuda" else 0.0
         try:
             if deployment:
                 with app_deployment(clients, env=env) as dep:
                     run = dep.run_app(app_dir, config)
             else:
                 with AppSimulation() as sim:
-                    run = sim.run_app(app_dir, config, num_supernodes=clients, cpus_per_client=1)
+                    run = sim.run_app(app_dir, config, num_supernodes=clients, cpus_per_client=1,
+                                      gpus_per_client=gpus)
         finally:
             os.chdir(cwd)
         folder = Path(tmp) / "bench"
@@ -283,10 +287,15 @@ def baseline_sim(data_dir: Path, clients: int, rounds: int, examples: int | None
 
 # ----------------------------------------------------------------------------- workloads
 
+def with_device(args, overrides: dict) -> dict:
+    """The workload's config, with ``train.device`` from ``--device`` when given."""
+    return {**overrides, "train.device": args.device} if args.device else dict(overrides)
+
+
 def fedavg_fmnist(args) -> dict:
     from bench.baseline_data import prepare
 
-    overrides = dict(FEDAVG_FMNIST)
+    overrides = with_device(args, FEDAVG_FMNIST)
     log(f"fedavg-fmnist: {args.clients} clients, {args.rounds} rounds")
     result: dict = {"clients": args.clients, "rounds": args.rounds, "config": overrides,
                     "systems": {}}
@@ -337,8 +346,9 @@ def fedavg_fmnist(args) -> dict:
 
 
 def scaling_fmnist(args) -> dict:
-    overrides = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "iid",
-                 "run.seed": 0, "strategy.fraction_train": 0.1}
+    overrides = with_device(args, {"task.name": "fmnist", "train.local_epochs": 1,
+                                   "data.partition": "iid", "run.seed": 0,
+                                   "strategy.fraction_train": 0.1})
     points = []
     for clients in args.scaling_clients:
         min_nodes = max(1, clients // 10)
@@ -398,26 +408,26 @@ def reference_compute(kind: str, overrides: dict, clients: int, rounds: int, thr
 
 def gossip_digits(args) -> dict:
     rounds, nodes = args.gossip_rounds, GOSSIP_NODES
-    samples = nodes * GOSSIP_DIGITS["train.local_steps"] * 32  # digits' batch size: 32
+    config = with_device(args, GOSSIP_DIGITS)
+    samples = nodes * config["train.local_steps"] * 32  # digits' batch size: 32
     log(f"gossip-digits: {nodes} nodes on a ring, {rounds} iterations, 1 local step each")
-    result: dict = {"nodes": nodes, "rounds": rounds, "config": GOSSIP_DIGITS,
+    result: dict = {"nodes": nodes, "rounds": rounds, "config": config,
                     "samples_per_round": samples, "systems": {}}
     systems = result["systems"]
     log("(a) pure compute = the reference simulator (strategies.gossip_reference)")
-    systems["a"] = reference_compute("gossip", GOSSIP_DIGITS, nodes, rounds, args.pure_threads,
-                                     samples)
+    systems["a"] = reference_compute("gossip", config, nodes, rounds, args.pure_threads, samples)
     log(f"    median {systems['a']['median']:.4f} s/iteration")
     log("(b) fedlocal in simulation, strategy.evaluate_nodes=false")
-    systems["b"] = fedlocal_sim({**GOSSIP_DIGITS, "strategy.evaluate_nodes": False}, nodes, rounds,
+    systems["b"] = fedlocal_sim({**config, "strategy.evaluate_nodes": False}, nodes, rounds,
                                 samples, args.app_dir)
     log(f"    median {systems['b']['median']:.3f} s/iteration")
     if not args.quick:
         log("(b') fedlocal in simulation, strategy.evaluate_nodes=true (the default)")
-        systems["b_eval"] = fedlocal_sim({**GOSSIP_DIGITS, "strategy.evaluate_nodes": True}, nodes,
+        systems["b_eval"] = fedlocal_sim({**config, "strategy.evaluate_nodes": True}, nodes,
                                          rounds, samples, args.app_dir)
         log(f"    median {systems['b_eval']['median']:.3f} s/iteration")
     if args.deployment and deployment_available():
-        systems["c"] = deployed(args, {**GOSSIP_DIGITS, "strategy.evaluate_nodes": False}, nodes,
+        systems["c"] = deployed(args, {**config, "strategy.evaluate_nodes": False}, nodes,
                                 deployment_rounds(args, rounds), samples)
     a = systems["a"]["median"]
     result["ratios"] = {"b_over_a": systems["b"]["median"] / a}
@@ -434,7 +444,7 @@ def clipped_shakespeare(args) -> dict:
     if not path.is_file():
         log(f"clipped-shakespeare: skipped, no tiny-shakespeare file at {path} (--shakespeare)")
         return {"skipped": f"no tiny-shakespeare file at {path}"}
-    overrides = {**CLIPPED_SHAKESPEARE, "data.path": str(path.resolve())}
+    overrides = with_device(args, {**CLIPPED_SHAKESPEARE, "data.path": str(path.resolve())})
     rounds, clients = args.shakespeare_rounds, SHAKESPEARE_CLIENTS
     samples = clients * CLIPPED_SHAKESPEARE["train.local_steps"] * 16  # sequences; batch 16
     log(f"clipped-shakespeare: {clients} clients, I = 4, {rounds} rounds")
@@ -869,6 +879,11 @@ def parse_args(argv=None):
                                                      / "input.txt"),
                         help="tiny-shakespeare input.txt for clipped-shakespeare (default "
                         "<repo>/../shared/data/tinyshakespeare/input.txt; skipped if absent)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="train.device of every run, (a) included (default: the config's, "
+                        "auto). With cuda each simulated client gets a 1/clients share of the GPU "
+                        "(client-resources-num-gpus): Ray hides the GPU from clients without one, "
+                        "so in simulation auto trains on the CPU")
     parser.add_argument("--pure-threads", type=int, default=1,
                         help="torch threads for (a) (default 1, as each simulated client gets 1 CPU)")
     parser.add_argument("--app-dir", type=Path, default=REPO,

@@ -81,8 +81,12 @@ class AppSimulation(_AppRunner, LocalSimulation):
 
     def run_app(self, app_dir: str | Path, run_config: dict | None = None,
                 num_supernodes: int = 10, cpus_per_client: int = 1,
-                timeout: float = 1800) -> AppRun:
+                timeout: float = 1800, gpus_per_client: float = 0.0) -> AppRun:
+        """``gpus_per_client``: each ClientApp's share of a GPU (Ray shows the GPU only to
+        clients with a share)."""
         federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+        if gpus_per_client > 0:
+            federation += f" client-resources-num-gpus={gpus_per_client:g}"
         return self._run(app_dir, ["--federation-config", federation], run_config, timeout)
 
 

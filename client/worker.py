@@ -15,8 +15,9 @@ message, or as soon as the node's SuperExec (the ClientApp processes' parent) is
 - It listens on a Unix socket in a folder only this user may enter
   (``$TMPDIR/fedlocal-workers-<uid>``) and answers only a peer that proves it holds the
   random key written next to the socket (``multiprocessing.connection``'s HMAC challenge).
-  Its output goes to ``<id>.log`` in that folder; a worker that exits normally removes its
-  files, so a log that stays behind belongs to a worker that crashed.
+  Its output goes to ``<id>.log`` in that folder (after every message: whether it uses
+  CUDA, when it initialised it, and torch's GPU memory; ``CudaLog``); a worker that exits
+  normally removes its files, so a log that stays behind belongs to a worker that crashed.
 - The message, the context and the reply travel as Flower's own protobufs
   (``flwr.common.serde``); ``context.state`` (momentum) comes back with the reply.
 - If the worker cannot be started or dies while serving (killed, out of memory), the
@@ -243,6 +244,7 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
 
     threading.Thread(target=watchdog, daemon=True).start()
     print(f"warm worker {os.getpid()}: listening on {socket_path}", flush=True)
+    cuda = CudaLog()
     while True:
         try:
             conn = listener.accept()
@@ -256,6 +258,36 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
             except (OSError, EOFError) as e:
                 print(f"warm worker: the ClientApp hung up ({type(e).__name__}: {e})", flush=True)
             last[0] = time.monotonic()
+            for line in cuda.after_message():
+                print(line, flush=True)
+
+
+class CudaLog:
+    """What a worker's log says about the GPU, after every message it served: once, when
+    torch has initialised CUDA in this process (the worker keeps its CUDA context for the
+    run: one initialisation, however many messages), then the GPU memory torch holds
+    (peak allocated, reserved), or that CUDA is not used. Cheap: counters of torch's
+    allocator, no synchronisation."""
+
+    def __init__(self):
+        self.messages = 0
+        self.initialised = False
+
+    def after_message(self) -> list[str]:
+        self.messages += 1
+        head = f"warm worker {os.getpid()}: message {self.messages} served;"
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
+            return [f"{head} cuda not used"]
+        lines = []
+        if not self.initialised:
+            self.initialised = True
+            lines.append(f"warm worker {os.getpid()}: CUDA initialised in pid {os.getpid()} "
+                         f"(by message {self.messages}; {torch.cuda.get_device_name()})")
+        mib = 2**20
+        lines.append(f"{head} cuda max_memory_allocated {torch.cuda.max_memory_allocated() / mib:.1f} "
+                     f"MiB, memory_reserved {torch.cuda.memory_reserved() / mib:.1f} MiB")
+        return lines
 
 
 def _remove_files(paths: Paths) -> bool:
