@@ -96,3 +96,24 @@ def test_clipping_modes_run_on_shakespeare(sim, tmp_path, shakespeare_path, mode
     assert all(r["test_perplexity"] > 1 and r["grad_norm"] > 0 for r in records)
     assert records[1]["bytes_total"] == sum(r["bytes_sent"] + r["bytes_received"] for r in records)
     assert all(0.0 <= r["clip_fraction"] <= 1.0 for r in records)
+
+
+def test_failed_replies_are_reported_and_too_many_fail_the_run(sim, tmp_path):
+    """4 simulated clients. One sends NaN every round: the run completes, says
+    completed_with_failures and counts the failures per round. Three do: each round has 1
+    sound reply of 4, below the default strategy.min_replies = 0.5, so the run fails (the
+    launcher's exit code follows the status) and names the rejected nodes."""
+    status, output = sim.run({"run.rounds": 2, "run.output_dir": str(tmp_path), "run.name": "one",
+                              "attack.kind": "nan", "attack.fraction": 0.25}, num_supernodes=4)
+    assert status == "finished:completed", output[-3000:]
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["status"] == "completed_with_failures"
+    assert summary["failures"] == {str(r): {"num_failures": 1, "num_replies": 3, "aggregate_rejected": 0}
+                                   for r in (1, 2)}
+    assert output.count("holds NaN or infinite values") == 2
+    status, output = sim.run({"run.rounds": 2, "run.output_dir": str(tmp_path), "run.name": "three",
+                              "attack.kind": "nan", "attack.fraction": 0.75}, num_supernodes=4)
+    assert status == "finished:failed"
+    assert "only 1 sound reply(ies) of 4 sent, fewer than strategy.min_replies=0.5 asks (2)" in output
+    summary = json.loads((tmp_path / "three" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds"] == 0
