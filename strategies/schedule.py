@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from strategies.aggregators import one_blas_thread
 from strategies.topology import degree, global_average, gossip, is_global_round
 
 MODES = ("periodic", "adaptive", "never")
@@ -70,7 +71,8 @@ def mix_step(Y: np.ndarray, W: np.ndarray, is_global: bool, aggregator=None) -> 
     every node gets ``robust_average(Y)``; None or ``mean`` is the exact 11^T/n step."""
     Y64 = np.asarray(Y, dtype=np.float64)
     if not is_global:
-        X = gossip(W, Y64)
+        with one_blas_thread():
+            X = gossip(W, Y64)
     elif aggregator is None or aggregator.name == "mean":
         X = global_average(Y64)
     else:
