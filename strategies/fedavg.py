@@ -173,6 +173,11 @@ class FedAvg(FlowerFedAvg):
         rows = np.stack([flat(reply.arrays) for reply in kept])
         if self.relative:
             rows -= self.x
+        if len(kept) < self.aggregator.min_replies():
+            log(WARNING, "Round %d: %d sound replies, fewer than the %d that strategy.aggregator="
+                "'%s' needs to tolerate strategy.byzantine=%d bad ones; its result is not robust "
+                "this round.", server_round, len(kept), self.aggregator.min_replies(),
+                self.aggregator.name, self.aggregator.settings.byzantine)
         started = time.perf_counter()
         result = self.aggregator(rows, weights, keys=list(sound))
         seconds = time.perf_counter() - started

@@ -263,3 +263,13 @@ def test_federated_evaluation_replies_are_checked_too(flower_identity, caplog):
     assert metrics[P.EVAL_LOSS] == pytest.approx(0.25 * 1.0 + 0.75 * 2.0)
     assert f"Rejected the reply of node {NODES[2]}: metric 'eval-loss' is inf" in caplog.text
     assert f"Rejected the reply of node {NODES[3]}: metric(s) ['num-examples'] missing" in caplog.text
+
+
+def test_too_few_replies_for_the_robust_rule_are_said(flower_identity, caplog):
+    """Krum tolerates f bad replies only from 2f + 3 replies on: 4 replies with f = 1 go on,
+    with a warning that the round's result is not robust."""
+    strategy, messages = setup({"strategy.aggregator": "krum", "strategy.byzantine": 1})
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, _ = strategy.aggregate_train(1, [reply(m) for m in messages])
+    assert arrays is not None
+    assert "Round 1: 4 sound replies, fewer than the 5 that strategy.aggregator='krum' needs" in caplog.text
