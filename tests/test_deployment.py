@@ -218,7 +218,7 @@ def test_devices_train_on_their_own_data_files_over_tls(tmp_path):
     node_config = {k: f"data-path='{f}'" for k, f in enumerate(files)}
     with LocalDeployment(2, flwr_home=tmp_path / "flwr", secure=True, node_config=node_config) as d:
         status, output = d.run({"run.rounds": 2, "run.output_dir": str(tmp_path), "run.name": "devices",
-                                "train.local_epochs": 1})
+                                "train.local_epochs": 1, "strategy.weighting": "examples"})
     assert status == "finished:completed", output[-3000:]
     rows = records(tmp_path / "devices")
     # one epoch over each file (batch 32), averaged with the files' sizes as weights
