@@ -69,8 +69,9 @@ FIGURE = REPO / "docs" / "figures" / "scaling.png"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # The fmnist workload as fedlocal config keys; batch size and lr stay the task's defaults.
+# example-weighted, as bench.pure's FedAvg by hand (the app's default weighting is uniform)
 FEDAVG_FMNIST = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "dirichlet",
-                 "data.alpha": 0.5, "run.seed": 0}
+                 "data.alpha": 0.5, "run.seed": 0, "strategy.weighting": "examples"}
 # Added to every Flower process's environment in (c): SuperExec looks for new ClientApp
 # tasks every 0.2 s instead of Flower's 1 s (../shared/ENVIRONMENT.md: a good value on
 # small hosts). Each (c) run also gets FEDLOCAL_CACHE, a fresh split-cache folder.
@@ -348,7 +349,7 @@ def fedavg_fmnist(args) -> dict:
 def scaling_fmnist(args) -> dict:
     overrides = with_device(args, {"task.name": "fmnist", "train.local_epochs": 1,
                                    "data.partition": "iid", "run.seed": 0,
-                                   "strategy.fraction_train": 0.1})
+                                   "strategy.fraction_train": 0.1, "strategy.weighting": "examples"})
     points = []
     for clients in args.scaling_clients:
         min_nodes = max(1, clients // 10)
