@@ -195,7 +195,7 @@ def broken_reply(content: RecordDict, fault: str) -> RecordDict:
 
 def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
     return MetricRecord({
-        P.NUM_EXAMPLES: examples, P.UNIT_WEIGHT: 1, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
+        P.NUM_EXAMPLES: examples, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
         P.TRAIN_SECONDS: seconds, P.GRAD_NORM: grad_norm, P.CLIP_FRACTION: clipped,
         P.PROCESS_SECONDS: process_age(), P.CUDA: int(torch.cuda.is_initialized()),
     })

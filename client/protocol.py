@@ -27,9 +27,8 @@ DATA_PATH = "data-path"  # a device's own data file (tasks.local_data); replaces
 WARM_WORKER = "warm-worker"  # seconds a node's warm worker (client.worker) idles; 0/absent = none
 FAULT = "fault"  # a rogue node, for testing the server's defences: an attack kind (client.attacks)
 
-# reply metrics; NUM_EXAMPLES (or UNIT_WEIGHT, for uniform averages) is what FedAvg weights by
+# reply metrics; under weighting='examples' the server weighs a reply by its NUM_EXAMPLES
 NUM_EXAMPLES = "num-examples"
-UNIT_WEIGHT = "unit-weight"
 TRAIN_LOSS = "train-loss"
 NUM_STEPS = "num-steps"
 TRAIN_SECONDS = "train-seconds"
@@ -46,7 +45,7 @@ EVAL_ACCURACY = "eval-accuracy"
 
 # every metric a reply may carry; the server drops any other key (strategies.replies)
 TRAIN_METRICS = (
-    NUM_EXAMPLES, UNIT_WEIGHT, TRAIN_LOSS, NUM_STEPS, TRAIN_SECONDS, PROCESS_SECONDS,
+    NUM_EXAMPLES, TRAIN_LOSS, NUM_STEPS, TRAIN_SECONDS, PROCESS_SECONDS,
     CLIP_FRACTION, GRAD_NORM, SMOOTHNESS, SMOOTHNESS_GRAD_NORM, GRADIENT_DRIFT,
     GRADIENT_DRIFT_MAX, PARTITION_ID, CUDA,
 )

@@ -34,8 +34,16 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from client import protocol as P
 from strategies.aggregators import Aggregator, make_aggregator
-from strategies.replies import Reply, ReplyError, flat, parse_reply, specs_of, unflat, weighted_metrics
-from strategies.replies import example_weight as _example_weight
+from strategies.replies import (
+    Reply,
+    ReplyError,
+    example_weight,
+    flat,
+    parse_reply,
+    specs_of,
+    unflat,
+    weighted_metrics,
+)
 
 
 def as_numpy(record: ArrayRecord) -> dict:
@@ -129,7 +137,7 @@ class FedAvg(FlowerFedAvg):
         """The server's weight for a sound reply: 1, or its capped example count."""
         if self.weighting == "uniform":
             return 1.0
-        return _example_weight(reply.metrics, self.max_examples)
+        return example_weight(reply.metrics, self.max_examples)
 
     def sound_replies(self, server_round: int, replies: Iterable[Message], specs, required,
                       known=P.TRAIN_METRICS) -> tuple[dict[int, tuple[Reply, float]], list[int], list[int]]:
@@ -182,8 +190,7 @@ class FedAvg(FlowerFedAvg):
         result = self.aggregator(rows, weights, keys=list(sound))
         seconds = time.perf_counter() - started
         metrics = MetricRecord(weighted_metrics(kept, list(weights), MAX_KEYS))
-        for key in (P.UNIT_WEIGHT, P.PARTITION_ID):
-            metrics.pop(key, None)
+        metrics.pop(P.PARTITION_ID, None)
         metrics.update(self.comm_metrics(server_round, received))
         metrics.update({key: float(value) for key, value in result.info.items()})
         metrics["aggregation-seconds"] = seconds
@@ -214,7 +221,7 @@ class FedAvg(FlowerFedAvg):
         if not sound:
             return None
         kept = [reply for reply, _ in sound.values()]
-        weights = [_example_weight(r.metrics, self.max_examples) for r in kept]
+        weights = [example_weight(r.metrics, self.max_examples) for r in kept]
         return MetricRecord(weighted_metrics(kept, weights))
 
     def check_dropouts(self, server_round: int, replies: list[Message], sound: int,

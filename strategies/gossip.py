@@ -212,13 +212,15 @@ class GossipPGA(FedAvg):
     def _handle_missing(self, server_round: int, by_node: dict[int, object]) -> None:
         """Drop from ``by_node`` every reply that cannot be used, then apply the failure
         policy to the graph nodes without a usable reply."""
+        held_by = {node: i for i, node in self.node_of.items()}
         for node_id in list(by_node):  # the index must be stable
+            if node_id not in held_by:  # never placed on the graph (logged in round 1)
+                del by_node[node_id]
+                continue
             index = self._index_of(node_id, by_node[node_id])
-            held = next((i for i, n in self.node_of.items() if n == node_id), None)
-            if index is not None and self.node_of.get(index) != node_id:
-                if held is not None:  # (a node never placed was logged when it was not)
-                    log(WARNING, "Rejected the reply of node %s: it reports partition-id %s, "
-                        "but holds graph index %s.", node_id, index, held)
+            if index is not None and index != held_by[node_id]:
+                log(WARNING, "Rejected the reply of node %s: it reports partition-id %s, but "
+                    "holds graph index %s.", node_id, index, held_by[node_id])
                 index = None
             if index is None:
                 del by_node[node_id]
