@@ -209,6 +209,13 @@ class StrategySection:
         "(coordinate-wise, ours).",
         choices=("mean", "median"),
     )
+    pre_aggregation: str = opt(
+        "Before the rule: `nnm` replaces each update by the mean of its n - f nearest updates "
+        "(Nearest Neighbour Mixing, Allouah et al. 2023; f = `byzantine`, or ceil(n/2) - 1 "
+        "when that is 0), which keeps robust rules accurate on heterogeneous data; `none` "
+        "feeds the rule the raw updates; `auto` is `nnm` for every rule but `mean`.",
+        choices=("auto", "none", "nnm"),
+    )
     clip_gamma: float = opt(
         "clipped_fedavg/naive_clipping: gamma in the step x <- x - min(eta, gamma/||g||) g; "
         "the same as clipping g to norm c = gamma/eta, then stepping with eta = train.lr.",

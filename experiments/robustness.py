@@ -18,7 +18,10 @@ mean):
 
 Fraction 0 is one clean run (``attack.kind='none'``) per rule and seed. ``bgmd`` is the
 paper's rule (error-feedback memory = the mean of the residual rows); ``bgmd_median`` is
-``bgmd`` with ``strategy.bgmd_memory='median'`` (ours).
+``bgmd`` with ``strategy.bgmd_memory='median'`` (ours). The ``*_nnm`` ids put Nearest
+Neighbour Mixing before the rule (``strategy.pre_aggregation='nnm'``, Allouah et al. 2023;
+its f is the same known attacker count); the others run the bare rule
+(``strategy.pre_aggregation='none'``).
 
 Each finished run is appended as one JSON line to ``<out>/results/robustness_runs.jsonl``;
 runs already there are skipped, so a killed sweep continues where it stopped::
@@ -52,15 +55,20 @@ TASKS = ("digits", "fmnist")
 EXTRA_TASKS = {"digits_iid": "digits", "fmnist_iid": "fmnist"}  # data.partition = iid
 ATTACKS = ("sign_flip", "scale", "gaussian", "zero_model", "weight_inflation", "free_rider", "nan")
 EXTRA_ATTACKS = {"sign_flip_x1": "sign_flip"}  # not in the default grid: attack.scale = 1
-AGGREGATORS = {  # id -> (strategy.aggregator, strategy.bgmd_memory, label)
-    "mean": ("mean", "mean", "mean"),
-    "median": ("median", "mean", "median"),
-    "trimmed_mean": ("trimmed_mean", "mean", "trimmed_mean"),
-    "krum": ("krum", "mean", "krum"),
-    "multi_krum": ("multi_krum", "mean", "multi_krum"),
-    "geometric_median": ("geometric_median", "mean", "geometric_median"),
-    "bgmd": ("bgmd", "mean", "bgmd"),
-    "bgmd_median": ("bgmd", "median", "bgmd (median memory)"),
+AGGREGATORS = {  # id -> (strategy.aggregator, strategy.bgmd_memory, label, strategy.pre_aggregation)
+    "mean": ("mean", "mean", "mean", "none"),
+    "median": ("median", "mean", "median", "none"),
+    "trimmed_mean": ("trimmed_mean", "mean", "trimmed_mean", "none"),
+    "krum": ("krum", "mean", "krum", "none"),
+    "multi_krum": ("multi_krum", "mean", "multi_krum", "none"),
+    "geometric_median": ("geometric_median", "mean", "geometric_median", "none"),
+    "bgmd": ("bgmd", "mean", "bgmd", "none"),
+    "bgmd_median": ("bgmd", "median", "bgmd (median memory)", "none"),
+    "median_nnm": ("median", "mean", "NNM + median", "nnm"),
+    "trimmed_mean_nnm": ("trimmed_mean", "mean", "NNM + trimmed_mean", "nnm"),
+    "multi_krum_nnm": ("multi_krum", "mean", "NNM + multi_krum", "nnm"),
+    "geometric_median_nnm": ("geometric_median", "mean", "NNM + geometric_median", "nnm"),
+    "bgmd_nnm": ("bgmd", "mean", "NNM + bgmd", "nnm"),
 }
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4)
 MARKERS = ("<!-- robustness-tables:begin -->", "<!-- robustness-tables:end -->")
@@ -75,10 +83,10 @@ def num_attackers(fraction: float) -> int:
 def overrides(task: str, seed: int, fraction: float, attack: str, aggregator: str) -> dict:
     """The config of one run: the rule and attack, and the defender's knobs set from the
     attacker count (module docstring)."""
-    rule, memory, _ = AGGREGATORS[aggregator]
+    rule, memory, _, pre = AGGREGATORS[aggregator]
     f = num_attackers(fraction) if attack != "none" else 0
     cfg = {"task.name": EXTRA_TASKS.get(task, task), "run.seed": seed, "strategy.aggregator": rule,
-           "strategy.bgmd_memory": memory, "strategy.byzantine": f,
+           "strategy.bgmd_memory": memory, "strategy.pre_aggregation": pre, "strategy.byzantine": f,
            "strategy.trim_fraction": min(0.4, max(0.1, fraction)),
            "attack.kind": EXTRA_ATTACKS.get(attack, attack),
            "attack.fraction": fraction if attack != "none" else 0.0}
@@ -279,9 +287,11 @@ def figure(task: str, rows: list[dict], out: Path) -> Path:
             y = np.array([p["accuracy_mean"] for p in pts])
             low, high = ([p[k] for p in pts] for k in ("accuracy_min", "accuracy_max"))
             err = np.maximum([y - low, high - y], 0.0)  # the mean of equal values can round past them
-            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, lw=1.2,
-                        ls="--" if agg.startswith("bgmd") else "-", label=AGGREGATORS[agg][2],
-                        color=f"C{list(AGGREGATORS).index(agg)}")  # one colour per rule everywhere
+            base = agg.removesuffix("_nnm")  # NNM + a rule: the rule's colour, dotted
+            ax.errorbar(x, y, yerr=err, marker="s" if base != agg else "o", ms=3, capsize=2, lw=1.2,
+                        ls=":" if base != agg else "--" if agg.startswith("bgmd") else "-",
+                        label=AGGREGATORS[agg][2],
+                        color=f"C{list(AGGREGATORS).index(base)}")  # one colour per rule everywhere
         ax.set(title=attack, xlabel="attacker fraction", ylabel="final test accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
     ax = axes.flat[len(attacks)]

@@ -11,7 +11,7 @@ def build_aggregator(cfg):
     return make_aggregator(s.aggregator, trim_fraction=s.trim_fraction, byzantine=s.byzantine,
                            gm_tolerance=s.gm_tolerance, gm_max_iter=s.gm_max_iter,
                            gm_smoothing=s.gm_smoothing, bgmd_fraction=s.bgmd_fraction,
-                           bgmd_memory=s.bgmd_memory)
+                           bgmd_memory=s.bgmd_memory, pre_aggregation=s.pre_aggregation)
 
 
 def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes=None):

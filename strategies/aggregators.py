@@ -19,6 +19,15 @@ commute with translation, so applying them to updates or to models is the same; 
 * ``bgmd``: Block-coordinate Geometric Median Descent (Acharya et al., AISTATS 2022): the GM
   over the k heaviest columns of updates + memory, the rest kept as error-feedback memory.
   Breakdown 1/2, at a GM cost in k instead of d dimensions.
+
+Before the rule, ``pre_aggregation='nnm'`` (and ``'auto'``, the config's default, for every
+rule but the mean; ``'none'``, the bare rule, is this module's default) replaces each row by the mean of its n - f nearest rows, itself included: Nearest
+Neighbour Mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, *Fixing by Mixing:
+A Recipe for Optimal Byzantine ML under Heterogeneity*, AISTATS 2023). Honest rows of
+heterogeneous clients are pulled together (an honest row's n - f nearest are honest when at
+most f rows are bad), so the rule after it no longer trades the honest clients' spread for
+robustness. f is ``byzantine``, or, when that is 0, ceil(n/2) - 1: the most a rule of
+breakdown 1/2 tolerates. docs/robustness.md measures it.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class AggregatorSettings:
     gm_smoothing: float = 1e-6
     bgmd_fraction: float = 0.1
     bgmd_memory: str = "mean"
+    pre_aggregation: str = "none"
 
     def __post_init__(self):
         def count(v):
@@ -75,11 +85,41 @@ class AggregatorSettings:
         problems = [f"{key} must be {what}, got {getattr(self, key)!r}" for key, ok, what in rules if not ok]
         if self.bgmd_memory not in ("mean", "median"):
             problems.append(f"bgmd_memory must be 'mean' or 'median', got {self.bgmd_memory!r}")
+        if self.pre_aggregation not in PRE_AGGREGATIONS:
+            problems.append(f"pre_aggregation must be one of {PRE_AGGREGATIONS}, "
+                            f"got {self.pre_aggregation!r}")
         if problems:
             raise ValueError("; ".join(problems) + ".")
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {}
+PRE_AGGREGATIONS = ("auto", "none", "nnm")
+
+
+def pairwise_sq_distances(u: np.ndarray) -> np.ndarray:
+    """(n, n) squared distances between rows. Gram trick on rows centred first (distances
+    are translation-invariant; centring keeps ||a||^2 + ||b||^2 - 2 a.b from cancelling),
+    O(n d) memory; the diagonal is exactly 0."""
+    c = u - u.mean(axis=0)
+    sq = np.einsum("ij,ij->i", c, c)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (c @ c.T), 0.0)
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def nnm_neighbours(n: int, byzantine: int) -> int:
+    """How many rows NNM averages: n - f, f = ``byzantine`` or (when 0) ceil(n/2) - 1."""
+    f = byzantine if byzantine > 0 else (n + 1) // 2 - 1
+    return max(1, n - f)
+
+
+def nearest_neighbour_mixing(u: np.ndarray, neighbours: int) -> np.ndarray:
+    """Row i -> the plain mean of the ``neighbours`` rows nearest to row i, itself first
+    (ties by row index)."""
+    dist = pairwise_sq_distances(u)
+    np.fill_diagonal(dist, -1.0)  # a row is its own nearest, even among duplicates
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :neighbours]
+    return u[nearest].mean(axis=1)
 
 
 def check_inputs(updates, weights) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +154,19 @@ class Aggregator:
     def __call__(self, updates, weights, keys: list | None = None) -> AggregateResult:
         u, w = check_inputs(updates, weights)
         with one_blas_thread():
-            return self.aggregate(u, w)
+            mixing = self.mixing_neighbours(u.shape[0])
+            if mixing is None:
+                return self.aggregate(u, w)
+            result = self.aggregate(nearest_neighbour_mixing(u, mixing), w)
+            result.info["nnm-neighbours"] = float(mixing)
+            return result
+
+    def mixing_neighbours(self, n: int) -> int | None:
+        """The rows NNM averages before this rule, or None when it is off."""
+        mode = self.settings.pre_aggregation
+        if mode == "none" or (mode == "auto" and isinstance(self, Mean)):
+            return None
+        return nnm_neighbours(n, self.settings.byzantine)
 
     def aggregate(self, u: np.ndarray, w: np.ndarray) -> AggregateResult:
         raise NotImplementedError
@@ -159,12 +211,8 @@ class TrimmedMean(Aggregator, name="trimmed_mean"):
 
 
 def krum_scores(u: np.ndarray, neighbours: int) -> np.ndarray:
-    """Sum of squared distances from each row to its ``neighbours`` nearest other rows.
-    Gram trick on rows centred first (distances are translation-invariant; centring keeps
-    ||a||^2 + ||b||^2 - 2 a.b from cancelling), O(n d) memory and an (n, n) matrix."""
-    c = u - u.mean(axis=0)
-    sq = np.einsum("ij,ij->i", c, c)
-    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (c @ c.T), 0.0)
+    """Sum of squared distances from each row to its ``neighbours`` nearest other rows."""
+    dist = pairwise_sq_distances(u)
     np.fill_diagonal(dist, np.inf)
     return np.sort(dist, axis=1)[:, :neighbours].sum(axis=1)
 
@@ -281,12 +329,13 @@ class BGMD(Aggregator, name="bgmd"):
 
 def make_aggregator(name: str, *, trim_fraction: float = 0.1, byzantine: int = 0,
                     gm_tolerance: float = 1e-6, gm_max_iter: int = 100, gm_smoothing: float = 1e-6,
-                    bgmd_fraction: float = 0.1, bgmd_memory: str = "mean") -> Aggregator:
+                    bgmd_fraction: float = 0.1, bgmd_memory: str = "mean",
+                    pre_aggregation: str = "none") -> Aggregator:
     """The rule registered as ``name``, with its settings checked (ValueError otherwise)."""
     if name not in AGGREGATORS:
         raise ValueError(f"Unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}.")
     settings = AggregatorSettings(trim_fraction=trim_fraction, byzantine=byzantine,
                                   gm_tolerance=gm_tolerance, gm_max_iter=gm_max_iter,
                                   gm_smoothing=gm_smoothing, bgmd_fraction=bgmd_fraction,
-                                  bgmd_memory=bgmd_memory)
+                                  bgmd_memory=bgmd_memory, pre_aggregation=pre_aggregation)
     return AGGREGATORS[name](settings)

@@ -279,3 +279,95 @@ def test_unknown_names_list_the_registered_ones():
     with pytest.raises(ValueError, match="geometric_median") as err:
         make_aggregator("fedmedian")
     assert all(name in str(err.value) for name in NAMES)
+
+
+# Nearest Neighbour Mixing (Allouah et al., AISTATS 2023) before the rule.
+
+def brute_force_nnm(rows: np.ndarray, keep: int) -> np.ndarray:
+    out = []
+    for row in rows:
+        order = np.argsort([np.linalg.norm(row - other) for other in rows], kind="stable")
+        out.append(rows[order[:keep]].mean(axis=0))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nnm_is_the_mean_of_each_rows_nearest_rows(seed):
+    from strategies.aggregators import nearest_neighbour_mixing
+
+    rows = np.random.default_rng(seed).normal(size=(9, 6)) * [1, 2, 3, 4, 5, 6] + 100.0
+    for keep in (1, 3, 5, 9):
+        np.testing.assert_allclose(nearest_neighbour_mixing(rows, keep), brute_force_nnm(rows, keep),
+                                   rtol=1e-12, atol=1e-9)
+    # keep = 1: every row is itself, duplicates included; keep = n: every row is the mean.
+    twice = np.vstack([rows, rows[:2]])
+    np.testing.assert_array_equal(nearest_neighbour_mixing(twice, 1), twice)
+    np.testing.assert_allclose(nearest_neighbour_mixing(rows, 9), np.tile(rows.mean(axis=0), (9, 1)))
+
+
+def test_nnm_neighbours_default_to_the_most_a_half_breakdown_rule_tolerates():
+    from strategies.aggregators import nnm_neighbours
+
+    assert [nnm_neighbours(n, 0) for n in (1, 2, 3, 4, 10, 11)] == [1, 2, 2, 3, 6, 6]
+    assert nnm_neighbours(10, 3) == 7 and nnm_neighbours(4, 9) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pre_aggregation_modes(name):
+    """`none` is the bare rule; `nnm` is the rule on the mixed rows; `auto` is `nnm` except
+    for the mean, which it leaves alone (FedAvg stays the papers' FedAvg)."""
+    from strategies.aggregators import nearest_neighbour_mixing
+
+    rows = np.random.default_rng(7).normal(size=(10, 8))
+    weights = np.arange(1.0, 11.0)
+    kw = {"byzantine": 3, "bgmd_fraction": 0.5}
+    bare = make_aggregator(name, **kw)(rows, weights)
+    mixed = make_aggregator(name, pre_aggregation="nnm", **kw)(rows, weights)
+    auto = make_aggregator(name, pre_aggregation="auto", **kw)(rows, weights)
+    np.testing.assert_array_equal(
+        mixed.vector, make_aggregator(name, **kw)(nearest_neighbour_mixing(rows, 7), weights).vector)
+    assert mixed.info["nnm-neighbours"] == 7.0 and "nnm-neighbours" not in bare.info
+    np.testing.assert_array_equal(auto.vector, (bare if name == "mean" else mixed).vector)
+    assert not np.allclose(mixed.vector, bare.vector)
+
+
+def heterogeneous_sign_flip(seed: int, n: int = 10, f: int = 3, d: int = 50):
+    """Honest updates g + spread (the clients' heterogeneity, larger than g); the first f
+    send the sign-flipped honest update they would have sent."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=d)
+    rows = g + 2.0 * rng.normal(size=(n, d))
+    rows[:f] *= -1.0
+    return rows, rows[f:].mean(axis=0)
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "geometric_median", "bgmd", "krum", "multi_krum"])
+def test_nnm_brings_robust_rules_closer_to_the_honest_mean_on_heterogeneous_updates(name):
+    """The point of mixing: on heterogeneous honest rows under a sign flip, each rule's error
+    against the honest mean shrinks (averaged over seeds), f told or not."""
+    errors = {}
+    for pre in ("none", "nnm"):
+        for byzantine in (0, 3):
+            kw = {"byzantine": byzantine, "trim_fraction": 0.3, "bgmd_fraction": 1.0, "pre_aggregation": pre}
+            errs = []
+            for seed in range(20):
+                rows, honest_mean = heterogeneous_sign_flip(seed)
+                z = make_aggregator(name, **kw)(rows, np.ones(len(rows))).vector
+                errs.append(np.linalg.norm(z - honest_mean) / np.linalg.norm(honest_mean))
+            errors[pre, byzantine] = float(np.mean(errs))
+    for byzantine in (0, 3):
+        if name in ("krum", "multi_krum") and byzantine == 0:
+            continue  # f = 0 is not a setting these rules are meant for
+        assert errors["nnm", byzantine] < 0.8 * errors["none", byzantine], errors
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nnm_keeps_robust_rules_inside_the_honest_box_under_far_rows(seed):
+    rows, honest = attacked(seed=seed)  # 4 of 10 rows near 1e6
+    lo, hi = honest.min(axis=0), honest.max(axis=0)
+    for name in ("median", "trimmed_mean"):
+        z = make_aggregator(name, trim_fraction=0.4, pre_aggregation="nnm")(rows, np.ones(10)).vector
+        assert ((lo <= z) & (z <= hi)).all(), name
+    for name in ("geometric_median", "bgmd", "multi_krum"):
+        z = make_aggregator(name, byzantine=4, bgmd_fraction=1.0, pre_aggregation="nnm")(rows, np.ones(10)).vector
+        assert np.linalg.norm(z - honest.mean(axis=0)) < 10.0, name

@@ -81,9 +81,12 @@ def test_hosted_strategies_equal_the_engine_under_attack(flower_identity, name, 
 @pytest.mark.slow
 def test_mean_breaks_and_robust_rules_hold_on_digits_under_a_scaled_sign_flip():
     """digits, 10 clients (Dirichlet 0.5), 3 attackers sending x - 10 (x_i - x), 20 rounds,
-    seed 0. Measured (one torch thread): mean 0.100, median 0.836, geometric median 0.819,
-    BGMD with the median memory 0.816, BGMD with the paper's mean memory 0.337 (its
-    error-feedback memory is a plain mean of the rows: docs/robustness.md); honest 0.939."""
+    seed 0, the defender not told f. Measured (one torch thread), with the default
+    Nearest Neighbour Mixing before the rule: median 0.922, geometric median 0.919, BGMD
+    with the median memory 0.925 (seeds 1, 2: >= 0.911), BGMD with the paper's mean memory
+    0.858 (seeds 1, 2: 0.777, 0.933); the bare rules: median 0.836, geometric median 0.819,
+    BGMD 0.337 (its error-feedback memory is a plain mean of the rows); mean 0.100;
+    honest 0.939. docs/robustness.md."""
     attack = {"attack.kind": "sign_flip", "attack.fraction": 0.3, "attack.scale": 10.0}
 
     def accuracy(**overrides) -> float:
@@ -91,8 +94,25 @@ def test_mean_breaks_and_robust_rules_hold_on_digits_under_a_scaled_sign_flip():
         return records[-1]["test_accuracy"]
 
     assert accuracy(**{"strategy.aggregator": "mean"}) < 0.5
-    assert accuracy(**{"strategy.aggregator": "bgmd"}) < 0.5  # the paper's memory is poisoned
     for aggregator, extra in (("median", {}), ("geometric_median", {}),
                               ("bgmd", {"strategy.bgmd_memory": "median"})):
-        assert accuracy(**{"strategy.aggregator": aggregator, **extra}) >= 0.78, aggregator
+        assert accuracy(**{"strategy.aggregator": aggregator, **extra}) >= 0.88, aggregator
+    assert accuracy(**{"strategy.aggregator": "bgmd"}) >= 0.82
+    bare = {"strategy.pre_aggregation": "none"}
+    assert accuracy(**{"strategy.aggregator": "bgmd", **bare}) < 0.5  # the paper's memory is poisoned
+    assert 0.78 <= accuracy(**{"strategy.aggregator": "median", **bare}) < 0.88
     assert np.isfinite(accuracy(**{"strategy.aggregator": "krum", "strategy.byzantine": 3}))
+
+
+@pytest.mark.slow
+def test_the_issue_run_bgmd_under_a_30_percent_sign_flip_trains_past_085():
+    """The run `flwr run . --run-config "strategy.aggregator='bgmd' attack.kind='sign_flip'
+    attack.fraction=0.3"` (10 nodes, digits, Dirichlet 0.5, 20 rounds, x - (x_i - x)), on
+    the one-process engine that the Flower simulation equals (0.9053 both, seed 0). Measured:
+    0.905, 0.872, 0.936 for seeds 0-2; 0.822 without mixing (`pre_aggregation='none'`)."""
+    config = {"strategy.aggregator": "bgmd", "attack.kind": "sign_flip", "attack.fraction": 0.3}
+    records, _ = simulate(load_config(config), 10, evaluate_every=20)
+    assert records[-1]["test_accuracy"] >= 0.85
+    records, _ = simulate(load_config({**config, "strategy.pre_aggregation": "none"}), 10,
+                          evaluate_every=20)
+    assert records[-1]["test_accuracy"] < 0.85
