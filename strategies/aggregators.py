@@ -20,10 +20,11 @@ commute with translation, so applying them to updates or to models is the same; 
   over the k heaviest columns of updates + memory, the rest kept as error-feedback memory.
   Breakdown 1/2, at a GM cost in k instead of d dimensions.
 
-Before the rule, ``pre_aggregation='nnm'`` (and ``'auto'``, the config's default, for every
-rule but the mean; ``'none'``, the bare rule, is this module's default) replaces each row by the mean of its n - f nearest rows, itself included: Nearest
-Neighbour Mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, *Fixing by Mixing:
-A Recipe for Optimal Byzantine ML under Heterogeneity*, AISTATS 2023). Honest rows of
+Before the rule, ``pre_aggregation='nnm'`` replaces each row by the mean of its n - f
+nearest rows, itself included: Nearest Neighbour Mixing (Allouah, Farhadkhani, Guerraoui,
+Gupta, Pinot, Stephan, *Fixing by Mixing: A Recipe for Optimal Byzantine ML under
+Heterogeneity*, AISTATS 2023). ``'auto'``, the config's default, is ``'nnm'`` for every rule
+but the mean; ``'none'``, the bare rule, is this module's default. Honest rows of
 heterogeneous clients are pulled together (an honest row's n - f nearest are honest when at
 most f rows are bad), so the rule after it no longer trades the honest clients' spread for
 robustness. f is ``byzantine``, or, when that is 0, ceil(n/2) - 1: the most a rule of

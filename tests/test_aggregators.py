@@ -369,5 +369,6 @@ def test_nnm_keeps_robust_rules_inside_the_honest_box_under_far_rows(seed):
         z = make_aggregator(name, trim_fraction=0.4, pre_aggregation="nnm")(rows, np.ones(10)).vector
         assert ((lo <= z) & (z <= hi)).all(), name
     for name in ("geometric_median", "bgmd", "multi_krum"):
-        z = make_aggregator(name, byzantine=4, bgmd_fraction=1.0, pre_aggregation="nnm")(rows, np.ones(10)).vector
+        rule = make_aggregator(name, byzantine=4, bgmd_fraction=1.0, pre_aggregation="nnm")
+        z = rule(rows, np.ones(10)).vector
         assert np.linalg.norm(z - honest.mean(axis=0)) < 10.0, name
