@@ -14,12 +14,19 @@ message, or as soon as the node's SuperExec (the ClientApp processes' parent) is
   never runs an older FAB's code. Messages to one node are served one at a time.
 - It listens on a Unix socket in a folder only this user may enter
   (``$TMPDIR/fedlocal-workers-<uid>``) and answers only a peer that proves it holds the
-  random key written next to the socket (``multiprocessing.connection``'s HMAC challenge).
+  random key written next to the socket: each side answers the other's random challenge
+  with its HMAC-SHA256 under the key, checked with ``hmac.compare_digest`` (``handshake``).
+  A peer that stays silent for ``PEER_TIMEOUT`` seconds is dropped; a malformed request
+  is answered with an error, and the worker serves on.
   Its output goes to ``<id>.log`` in that folder (after every message: whether it uses
   CUDA, when it initialised it, and torch's GPU memory; ``CudaLog``); a worker that exits
-  normally removes its files, so a log that stays behind belongs to a worker that crashed.
-- The message, the context and the reply travel as Flower's own protobufs
-  (``flwr.common.serde``); ``context.state`` (momentum) comes back with the reply.
+  normally, idle or on SIGTERM, removes its files, so a log that stays behind belongs to a
+  worker that crashed. ``<id>.pid`` names the worker's process: a worker that starts
+  removes the socket, key and pid files of workers whose process is gone (SIGKILL).
+- Nothing received is unpickled: a request and a reply are a few byte strings in a fixed
+  binary frame (``Channel``): the handler's name, then the message, the context and the
+  reply as Flower's own protobufs (``flwr.common.serde``, whose arrays are ``.npy`` bytes
+  read with ``allow_pickle=False``); ``context.state`` (momentum) comes back with the reply.
 - If the worker cannot be started or dies while serving (killed, out of memory), the
   ClientApp logs why and runs the message in its own process; an exception raised by the
   training code itself is re-raised, so the message fails exactly as it would without a
@@ -31,17 +38,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import os
-import pickle
+import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -59,6 +67,8 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 APP_ROOT = Path(__file__).resolve().parents[1]  # the folder holding client/, tasks/, conf/
 START_TIMEOUT = 120.0  # seconds for a new worker to import torch and listen
+PEER_TIMEOUT = 10.0  # seconds the worker waits on a connected peer's next bytes
+KINDS = ("train", "evaluate")  # the handlers a request may name (client.handlers)
 
 
 class WorkerUnavailable(RuntimeError):
@@ -66,7 +76,114 @@ class WorkerUnavailable(RuntimeError):
 
 
 class WorkerError(RuntimeError):
-    """The training code raised in the worker; the message names the original exception."""
+    """The training code raised in the worker, or it refused the request; the message names
+    the original exception."""
+
+
+class AuthenticationError(ConnectionError):
+    """The peer did not prove that it holds the worker's key."""
+
+
+class ProtocolError(ValueError):
+    """Bytes that are not a frame of this protocol."""
+
+
+# ---------------------------------------------------------------- the wire
+# Handshake, on connect: worker -> peer HELLO + 32 random bytes (its challenge);
+# peer -> worker HMAC-SHA256(key, b"client" + that challenge) + 32 random bytes (the
+# peer's challenge); worker -> peer HMAC-SHA256(key, b"server" + the peer's challenge).
+# The roles in the MAC keep one side's answer from being replayed as the other's; a
+# failed check closes the connection. Then one request and one reply, each a frame:
+# FRAME, the number of parts (uint32), each part's length (uint64), the parts; big-endian.
+HELLO = b"fedlocal-worker/2"
+FRAME = b"FLW2"
+CHALLENGE = 32
+MAX_PARTS = 8
+MAX_FRAME_BYTES = 2**36  # a sanity bound on what a frame may announce
+OK, ERROR = b"ok", b"error"
+
+
+def _prove(key: bytes, role: bytes, challenge: bytes) -> bytes:
+    return hmac.new(key, HELLO + role + challenge, hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """``n`` bytes; EOFError if the peer hangs up first."""
+    data = bytearray(n)
+    view, got = memoryview(data), 0
+    while got < n:
+        chunk = sock.recv_into(view[got:], min(n - got, 2**20))
+        if chunk == 0:
+            raise EOFError(f"the peer hung up after {got} of {n} bytes")
+        got += chunk
+    return data
+
+
+def handshake(sock: socket.socket, key: bytes, *, server: bool) -> None:
+    """Prove to the peer that this side holds ``key``, and check that the peer does
+    (see above); raises AuthenticationError, or OSError/EOFError if the peer goes away."""
+    mine = os.urandom(CHALLENGE)
+    if server:
+        sock.sendall(HELLO + mine)
+        answer = _recv_exact(sock, 2 * CHALLENGE)
+        if not hmac.compare_digest(bytes(answer[:CHALLENGE]), _prove(key, b"client", mine)):
+            raise AuthenticationError("the peer does not hold the worker's key")
+        sock.sendall(_prove(key, b"server", bytes(answer[CHALLENGE:])))
+        return
+    hello = _recv_exact(sock, len(HELLO) + CHALLENGE)
+    if hello[: len(HELLO)] != HELLO:
+        raise AuthenticationError("the socket's owner is not a warm worker of this version")
+    sock.sendall(_prove(key, b"client", bytes(hello[len(HELLO):])) + mine)
+    try:
+        proof = _recv_exact(sock, CHALLENGE)
+    except EOFError:
+        raise AuthenticationError("the worker refused this key") from None
+    if not hmac.compare_digest(bytes(proof), _prove(key, b"server", mine)):
+        raise AuthenticationError("the worker did not prove that it holds the key")
+
+
+class Channel:
+    """One authenticated connection; frames of byte strings both ways."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        head = struct.pack(f"!4sI{len(parts)}Q", FRAME, len(parts), *map(len, parts))
+        self.sock.sendall(head)
+        for part in parts:
+            self.sock.sendall(part)
+
+    def recv_parts(self) -> list[bytes]:
+        """The next frame's parts; ProtocolError if the bytes are not a frame."""
+        magic, count = struct.unpack("!4sI", _recv_exact(self.sock, 8))
+        if magic != FRAME or count > MAX_PARTS:
+            raise ProtocolError(f"not a request frame (starts {magic!r}, {count} parts)")
+        sizes = struct.unpack(f"!{count}Q", _recv_exact(self.sock, 8 * count))
+        if sum(sizes) > MAX_FRAME_BYTES:
+            raise ProtocolError(f"a frame of {sum(sizes)} bytes is over the limit")
+        return [bytes(_recv_exact(self.sock, size)) for size in sizes]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_channel(socket_path: str | os.PathLike, key: bytes) -> Channel:
+    """An authenticated connection to the worker listening on ``socket_path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(socket_path))
+        handshake(sock, key, server=False)
+    except BaseException:
+        sock.close()
+        raise
+    return Channel(sock)
 
 
 def process_age() -> float:
@@ -108,26 +225,28 @@ def worker_id(context: Context) -> str:
 
 
 class Paths:
-    """Socket, key, lock and log file of one worker."""
+    """Socket, key, lock, log and pid file of one worker."""
 
     def __init__(self, folder: Path, ident: str):
         self.socket = folder / f"{ident}.sock"
         self.key = folder / f"{ident}.key"
         self.lock = folder / f"{ident}.lock"
         self.log = folder / f"{ident}.log"
+        self.pid = folder / f"{ident}.pid"
 
 
-def _connect(paths: Paths) -> Connection | None:
+def _connect(paths: Paths) -> Channel | None:
     """A connection to the worker at ``paths``; None if there is none, it is dead, or its
     key is gone."""
     try:
-        return Client(str(paths.socket), family="AF_UNIX", authkey=paths.key.read_bytes())
-    except (OSError, EOFError, AuthenticationError):
+        return open_channel(paths.socket, paths.key.read_bytes())
+    except (OSError, EOFError):  # AuthenticationError is a ConnectionError
         return None
 
 
 def _spawn(paths: Paths, idle: float) -> subprocess.Popen:
     paths.socket.unlink(missing_ok=True)
+    paths.pid.unlink(missing_ok=True)
     fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(32))
@@ -151,7 +270,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def connect(context: Context, idle: float) -> Connection:
+def connect(context: Context, idle: float) -> Channel:
     """A connection to this node's worker for this run, starting the worker if there is
     none (one start at a time per worker: a file lock)."""
     import fcntl  # POSIX only, like the worker (see supported())
@@ -183,54 +302,125 @@ def call(kind: str, msg: Message, context: Context, idle: float) -> Message:
     """Run handler ``kind`` ("train" or "evaluate") on ``msg`` in the node's warm worker;
     ``context.state`` is updated from the worker's. One retry on a fresh worker if the
     connection breaks (the worker idled out just then, or was killed)."""
-    request = pickle.dumps({
-        "kind": kind,
-        "message": message_to_proto(msg).SerializeToString(),
-        "context": context_to_proto(context).SerializeToString(),
-    })
+    request = request_parts(kind, msg, context)
     for attempt in (1, 2):
         try:
-            with connect(context, idle) as conn:
-                conn.send_bytes(request)
-                answer = pickle.loads(conn.recv_bytes())
+            with connect(context, idle) as channel:
+                channel.send_parts(request)
+                answer = channel.recv_parts()
             break
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, ProtocolError) as e:
             if attempt == 2:
                 raise WorkerUnavailable(f"the warm worker broke off ({type(e).__name__}: {e})") from e
-    if "error" in answer:
-        raise WorkerError(f"{answer['error']}\n(in the warm worker; traceback:)\n{answer['traceback']}")
-    context.state = recorddict_from_proto(ProtoRecordDict.FromString(answer["state"]))
-    content = recorddict_from_proto(ProtoRecordDict.FromString(answer["content"]))
+    return reply_message(answer, msg, context)
+
+
+def request_parts(kind: str, msg: Message, context: Context) -> list[bytes]:
+    return [kind.encode(), message_to_proto(msg).SerializeToString(),
+            context_to_proto(context).SerializeToString()]
+
+
+def reply_message(answer: list[bytes], msg: Message, context: Context) -> Message:
+    """The reply to ``msg`` from the worker's answer; ``context.state`` becomes the
+    worker's. WorkerError if the worker answered with an error."""
+    if len(answer) == 3 and answer[0] == ERROR:
+        error, trace = (part.decode(errors="replace") for part in answer[1:])
+        raise WorkerError(f"{error}\n(in the warm worker; traceback:)\n{trace}")
+    if len(answer) != 3 or answer[0] != OK:
+        raise WorkerUnavailable(f"the warm worker answered {len(answer)} parts, not a reply")
+    context.state = recorddict_from_proto(ProtoRecordDict.FromString(answer[2]))
+    content = recorddict_from_proto(ProtoRecordDict.FromString(answer[1]))
     return Message(content=content, reply_to=msg)
 
 
 # ---------------------------------------------------------------- the worker process
 
 
-def handle(request: dict) -> dict:
+def _failure(what: str, e: Exception) -> list[bytes]:
+    return [ERROR, f"{what}{type(e).__name__}: {e}".encode(), traceback.format_exc().encode()]
+
+
+def handle(parts: list[bytes]) -> list[bytes]:
+    """The reply parts to a request's parts: (OK, content, state), or (ERROR, what went
+    wrong, traceback) for a malformed request or an exception of the training code."""
     from client import handlers
 
-    msg = message_from_proto(ProtoMessage.FromString(request["message"]))
-    context = context_from_proto(ProtoContext.FromString(request["context"]))
     try:
-        reply = getattr(handlers, request["kind"])(msg, context)
+        if len(parts) != 3:
+            raise ProtocolError(f"a request has 3 parts, not {len(parts)}")
+        kind = parts[0].decode("ascii", errors="replace")
+        if kind not in KINDS:
+            raise ProtocolError(f"unknown handler {kind[:40]!r}; one of {', '.join(KINDS)}")
+        msg = message_from_proto(ProtoMessage.FromString(parts[1]))
+        context = context_from_proto(ProtoContext.FromString(parts[2]))
+    except Exception as e:  # protobuf's DecodeError, serde's checks, the above
+        return _failure("malformed request: ", e)
+    try:
+        reply = getattr(handlers, kind)(msg, context)
     except Exception as e:  # the ClientApp re-raises it
-        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    return {"content": recorddict_to_proto(reply.content).SerializeToString(),
-            "state": recorddict_to_proto(context.state).SerializeToString()}
+        return _failure("", e)
+    return [OK, recorddict_to_proto(reply.content).SerializeToString(),
+            recorddict_to_proto(context.state).SerializeToString()]
 
 
-def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | None = None) -> None:
+def serve_one(sock: socket.socket, key: bytes, peer_timeout: float) -> bool:
+    """Authenticate the peer on ``sock``, read its request, answer it; True if a request
+    was handled. A peer without the key, a silent one (``peer_timeout`` seconds per read)
+    and one that sends no frame are logged and dropped."""
+    sock.settimeout(peer_timeout)
+    try:
+        handshake(sock, key, server=True)
+    except (OSError, EOFError) as e:  # a peer without the key, a silent one, one that hung up
+        print(f"warm worker: refused a connection ({type(e).__name__}: {e})", flush=True)
+        return False
+    channel = Channel(sock)
+    try:
+        parts = channel.recv_parts()
+    except ProtocolError as e:
+        print(f"warm worker: a malformed request ({e})", flush=True)
+        parts = None
+        reply = _failure("malformed request: ", e)
+    except (OSError, EOFError) as e:
+        print(f"warm worker: dropped a peer that sent no request ({type(e).__name__}: {e})",
+              flush=True)
+        return False
+    if parts is not None:
+        sock.settimeout(None)  # training takes what it takes
+        reply = handle(parts)
+        sock.settimeout(peer_timeout)
+    try:
+        channel.send_parts(reply)
+    except (OSError, EOFError) as e:
+        print(f"warm worker: the ClientApp hung up ({type(e).__name__}: {e})", flush=True)
+    return parts is not None
+
+
+def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | None = None,
+          peer_timeout: float = PEER_TIMEOUT) -> None:
     """Answer requests one at a time until ``idle`` seconds pass without one or process
-    ``parent`` is gone. ``cwd``: the ClientApp's working directory, which relative paths
-    in the node config (``data-path``) are relative to."""
+    ``parent`` is gone; on SIGTERM remove the worker's files and die of it. ``cwd``: the
+    ClientApp's working directory, which relative paths in the node config
+    (``data-path``) are relative to."""
+    paths = Paths(Path(socket_path).parent, Path(socket_path).stem)
+    _write_pid(paths)
+    _remove_stale(paths)
+
+    def terminate(signum, frame):
+        _remove_files(paths, own_only_if_locked=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
     from client import handlers  # noqa: F401  (torch and the rest, before listening)
 
     if cwd:
         os.chdir(cwd)
 
-    paths = Paths(Path(socket_path).parent, Path(socket_path).stem)
-    listener = Listener(socket_path, family="AF_UNIX", authkey=key)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    Path(socket_path).unlink(missing_ok=True)
+    listener.bind(socket_path)
+    listener.listen(16)
     busy = threading.Lock()
     last = [time.monotonic()]
 
@@ -247,19 +437,16 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
     cuda = CudaLog()
     while True:
         try:
-            conn = listener.accept()
-        except (OSError, EOFError, AuthenticationError) as e:  # a peer without the key, or one that hung up
-            print(f"warm worker: refused a connection ({type(e).__name__}: {e})", flush=True)
+            sock, _ = listener.accept()
+        except OSError as e:  # out of file descriptors, a peer gone before it was accepted
+            print(f"warm worker: accept failed ({type(e).__name__}: {e})", flush=True)
+            time.sleep(0.1)
             continue
-        with busy, conn:
-            try:
-                request = pickle.loads(conn.recv_bytes())
-                conn.send_bytes(pickle.dumps(handle(request)))
-            except (OSError, EOFError) as e:
-                print(f"warm worker: the ClientApp hung up ({type(e).__name__}: {e})", flush=True)
-            last[0] = time.monotonic()
-            for line in cuda.after_message():
-                print(line, flush=True)
+        with busy, sock:
+            if serve_one(sock, key, peer_timeout):
+                last[0] = time.monotonic()
+                for line in cuda.after_message():
+                    print(line, flush=True)
 
 
 class CudaLog:
@@ -290,20 +477,50 @@ class CudaLog:
         return lines
 
 
-def _remove_files(paths: Paths) -> bool:
-    """Remove the worker's socket, key, lock and log, under its lock so that no ClientApp
-    is starting a worker meanwhile; False (try again later) if one holds the lock, which
-    may be waiting for this worker to answer."""
+def _remove_files(paths: Paths, own_only_if_locked: bool = False, keep_log: bool = False) -> bool:
+    """Remove the worker's socket, key, pid, lock and log, under its lock so that no
+    ClientApp is starting a worker meanwhile; False (try again later) if one holds the
+    lock, which may be waiting for this worker to answer. ``own_only_if_locked``: then
+    remove the socket, key and pid anyway (this worker is going: the ClientApp will start
+    another). ``keep_log``: leave the log (a crashed worker's)."""
     import fcntl
 
     with open(paths.lock, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            if own_only_if_locked:
+                for path in (paths.socket, paths.key, paths.pid):
+                    path.unlink(missing_ok=True)
             return False
-        for path in (paths.socket, paths.key, paths.log, paths.lock):
-            path.unlink(missing_ok=True)
+        for path in (paths.socket, paths.key, paths.pid, paths.log, paths.lock):
+            if not (keep_log and path == paths.log):
+                path.unlink(missing_ok=True)
     return True
+
+
+def _write_pid(paths: Paths) -> None:
+    partial = paths.pid.with_name(f"{paths.pid.name}.{os.getpid()}")
+    partial.write_text(f"{os.getpid()}\n")
+    os.replace(partial, paths.pid)
+
+
+def _remove_stale(own: Paths) -> None:
+    """Remove the socket, key, pid and lock files of this user's workers whose process is
+    gone (killed with SIGKILL, or by the OOM killer); their logs stay, to say why. A worker
+    that is being started is skipped: its ClientApp holds its lock."""
+    folder = own.pid.parent
+    for pid_file in folder.glob("*.pid"):
+        if pid_file == own.pid:
+            continue
+        try:
+            if pid_file.lstat().st_uid != os.getuid():
+                continue
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            _remove_files(Paths(folder, pid_file.stem), keep_log=True)
 
 
 def _alive(pid: int) -> bool:
@@ -323,8 +540,10 @@ def main(argv=None) -> None:
     parser.add_argument("--idle", type=float, required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--cwd", default=None)
+    parser.add_argument("--peer-timeout", type=float, default=PEER_TIMEOUT)
     args = parser.parse_args(argv)
-    serve(args.socket, Path(args.key_file).read_bytes(), args.idle, args.parent, args.cwd)
+    serve(args.socket, Path(args.key_file).read_bytes(), args.idle, args.parent, args.cwd,
+          args.peer_timeout)
 
 
 if __name__ == "__main__":

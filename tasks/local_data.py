@@ -18,12 +18,18 @@ with row i of ``y``, saved without pickles (``np.savez(path, x=inputs, y=targets
   (not one-hot); regression (teacher), real targets of shape ``(N, num_outputs)``, or
   ``(N,)`` for one output.
 - NaN or infinite values are refused.
+- A truncated or damaged archive is refused as such, and so is one whose arrays would
+  take more than ``max_device_file_bytes()`` bytes once read (1 GiB; the environment
+  variable ``FEDLOCAL_MAX_DEVICE_FILE_BYTES`` raises it), checked from the archive's
+  directory and the arrays' headers before anything is decompressed.
 
 ``.txt`` (shakespeare): UTF-8 text (a byte-order mark is skipped, ``\\r\\n`` and ``\\r``
 read as ``\\n``), encoded with ``tasks.shakespeare.VOCAB`` (characters outside it read as
 spaces) and cut from its start into non-overlapping windows of ``data.seq_len + 1``
 characters, each giving the input ``w[:-1]`` and the next-character targets ``w[1:]``; a
-last, shorter piece is dropped. This is how ``load_shakespeare`` cuts each speaking role's
+last, shorter piece is dropped. A file mostly outside the vocabulary (NUL bytes, another
+script) is logged as a WARNING naming the file and the fraction, since it trains as
+spaces. This is how ``load_shakespeare`` cuts each speaking role's
 text; the whole file is the device's text (no speaker lines are parsed).
 
     python -m tasks.local_data export --task digits --partition-id 0 --num-partitions 2 OUT.npz
@@ -33,8 +39,11 @@ text; the whole file is the device's text (no speaker lines are parsed).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import zipfile
+import zlib
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +56,11 @@ from tasks.shakespeare import VOCAB, cut_windows, decode, encode, normalise_newl
 from tasks.vision import IMAGES_FROM_UINT8
 
 TEXT, ARRAYS = ".txt", ".npz"
+MAX_DEVICE_FILE_BYTES = 2**30  # default limit on x and y's size once read (uncompressed)
+MAX_BYTES_ENV = "FEDLOCAL_MAX_DEVICE_FILE_BYTES"
+UNKNOWN_TEXT_WARNING = 0.5  # warn when more than this fraction of a .txt is outside VOCAB
+
+log = logging.getLogger(__name__)
 
 
 class LocalDataError(ValueError):
@@ -100,23 +114,40 @@ def resolve(path: str | os.PathLike) -> Path:
     return absolute
 
 
+def max_device_file_bytes() -> int:
+    """The most bytes a device's ``.npz`` may expand to (x and y together, as read):
+    ``$FEDLOCAL_MAX_DEVICE_FILE_BYTES`` if set, else ``MAX_DEVICE_FILE_BYTES`` (1 GiB)."""
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return MAX_DEVICE_FILE_BYTES
+    try:
+        limit = int(float(value))
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ValueError(f"{MAX_BYTES_ENV}={value!r}: give a positive number of bytes, "
+                         "e.g. 4e9 for 4 GB.")
+    return limit
+
+
 def load_local(path: str | os.PathLike, spec: TaskSpec) -> Split:
     """A device's own data as a ``Split`` for the task ``spec`` (``tasks.task_spec(cfg)``),
     checked as described above. Cached per process, keyed by the file's path, modification
-    time and size and by the spec (task, input shape, outputs), so a rewritten file is
-    read again. The returned tensors are shared: do not modify them."""
+    time and size, by the spec (task, input shape, outputs) and by the size limit, so a
+    rewritten file is read again. The returned tensors are shared: do not modify them."""
     file = resolve(path)
     check_suffix(file, spec)
+    limit = max_device_file_bytes() if spec.kind != LANGUAGE else 0
     stat = file.stat()
-    return _load_cached(str(file), stat.st_mtime_ns, stat.st_size, spec)
+    return _load_cached(str(file), stat.st_mtime_ns, stat.st_size, spec, limit)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(file: str, mtime_ns: int, size: int, spec: TaskSpec) -> Split:
+def _load_cached(file: str, mtime_ns: int, size: int, spec: TaskSpec, limit: int) -> Split:
     del mtime_ns, size  # cache key only
     if spec.kind == LANGUAGE:
         return _read_text(Path(file), spec)
-    return _read_arrays(Path(file), spec)
+    return _read_arrays(Path(file), spec, limit)
 
 
 # ----------------------------------------------------------------------------- .txt
@@ -130,6 +161,7 @@ def _read_text(file: Path, spec: TaskSpec) -> Split:
             "Convert it, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`.",
         ) from None
     text = normalise_newlines(text)
+    _warn_if_mostly_unknown(file, text)
     windows = cut_windows(encode(text), seq_len)
     if len(windows) == 0:
         raise _error(
@@ -139,9 +171,22 @@ def _read_text(file: Path, spec: TaskSpec) -> Split:
     return window_split(windows)
 
 
+_VOCAB_DELETER = str.maketrans("", "", VOCAB)
+
+
+def _warn_if_mostly_unknown(file: Path, text: str) -> None:
+    """A text mostly outside the vocabulary (NUL bytes, another script) reads as spaces and
+    would train silently on nothing: say so."""
+    unknown = len(text.translate(_VOCAB_DELETER))
+    if text and unknown / len(text) > UNKNOWN_TEXT_WARNING:
+        log.warning("%s: %.0f%% of its %d characters (%d) are outside the vocabulary and read "
+                    "as spaces; is it the device's text (UTF-8, mostly ASCII)?",
+                    file, 100 * unknown / len(text), len(text), unknown)
+
+
 # ----------------------------------------------------------------------------- .npz
-def _read_arrays(file: Path, spec: TaskSpec) -> Split:
-    x, y = _open_npz(file)
+def _read_arrays(file: Path, spec: TaskSpec, limit: int) -> Split:
+    x, y = _open_npz(file, limit)
     if x.ndim == 0 or y.ndim == 0:
         raise _error(file, f"x and y must be arrays with one row per example; got shapes "
                      f"{x.shape} and {y.shape}")
@@ -153,27 +198,87 @@ def _read_arrays(file: Path, spec: TaskSpec) -> Split:
     return Split(_inputs(file, x, spec), _targets(file, y, spec))
 
 
-def _open_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:
-    save_as = "Save it with np.savez(path, x=inputs, y=targets)."
+SAVE_AS = "Save it with np.savez(path, x=inputs, y=targets)."
+# what a damaged archive raises while being read: zipfile's CRC and header checks, zlib,
+# numpy's short reads and header parser; RuntimeError: encrypted or unknown compression
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, RuntimeError)
+
+
+def _damaged(file: Path, err: Exception, member: str = "") -> LocalDataError:
+    where = f" (array {member!r}: {err})" if member else f" ({err})"
+    return _error(file, f"is truncated or not a valid .npz archive{where}", SAVE_AS)
+
+
+def _open_npz(file: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the archive ``file``, read without pickles. Before anything is
+    decompressed, their sizes as the archive's directory states them and as their .npy
+    headers state them (shape x itemsize) must agree and stay within ``limit`` bytes
+    together: a small file cannot make the node allocate gigabytes."""
+    with open(file, "rb") as handle:
+        if handle.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+            raise _error(file, "holds a single .npy array, not an .npz archive of x and y",
+                         SAVE_AS)
     try:
-        archive = np.load(file, allow_pickle=False)
-    except Exception as err:  # not a zip, truncated, a pickle, ...
-        raise _error(file, f"is not a readable .npz archive ({err})", save_as) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _error(file, "holds a single .npy array, not an .npz archive of x and y", save_as)
+        archive = zipfile.ZipFile(file)
+    except _DAMAGED as err:  # not a zip, or its end (the directory) is cut off
+        raise _damaged(file, err) from None
     with archive:
-        missing = [name for name in ("x", "y") if name not in archive.files]
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        missing = [name for name in ("x", "y") if name not in members]
         if missing:
-            found = ", ".join(archive.files) or "none"
+            found = ", ".join(members) or "none"
             raise _error(file, f"has no array {' or '.join(map(repr, missing))} (arrays found: "
-                         f"{found})", save_as)
-        try:
-            return archive["x"], archive["y"]
-        except ValueError as err:  # object arrays need pickles, which are refused
-            raise _error(file, f"holds an array that cannot be read without pickles ({err})",
-                         "Store plain numeric arrays (uint8/float images, integer labels).") from None
-        except Exception as err:  # a damaged member
-            raise _error(file, f"is not a readable .npz archive ({err})", save_as) from None
+                         f"{found})", SAVE_AS)
+        infos = {name: archive.getinfo(members[name]) for name in ("x", "y")}
+        stored = sum(info.file_size for info in infos.values())
+        if stored > limit:
+            raise _too_large(file, stored, limit)
+        headers = {name: _npy_header(file, archive, info) for name, info in infos.items()}
+        declared = sum(size for _, size in headers.values())
+        if declared > limit:
+            raise _too_large(file, declared, limit)
+        for name, (header, size) in headers.items():
+            if infos[name].file_size != header + size:
+                got = infos[name].file_size - header
+                raise _damaged(file, ValueError(f"its header promises {size:,} bytes of data, "
+                                                f"the archive holds {got:,}"), name)
+        return _read_member(file, archive, infos["x"]), _read_member(file, archive, infos["y"])
+
+
+def _too_large(file: Path, size: int, limit: int) -> LocalDataError:
+    return _error(file, f"x and y take {size:,} bytes once read, more than the limit of "
+                  f"{limit:,}", f"Split the data, or raise the limit with the environment "
+                  f"variable {MAX_BYTES_ENV} (bytes) on the node.")
+
+
+def _npy_header(file: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """(header bytes, data bytes) of the .npy member ``info``, from its header alone: the
+    data are shape x itemsize."""
+    member = info.filename.removesuffix(".npy")
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    try:
+        with archive.open(info) as stream:
+            version = fmt.read_magic(stream)
+            if version not in readers:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here")
+            shape, _, dtype = readers[version](stream)
+            header = stream.tell()
+    except _DAMAGED as err:
+        raise _damaged(file, err, member) from None
+    if dtype.hasobject:  # object arrays need pickles, which are refused
+        raise _error(file, f"holds an array that cannot be read without pickles ({member!r} "
+                     f"has dtype {dtype})",
+                     "Store plain numeric arrays (uint8/float images, integer labels).")
+    return header, int(np.prod(shape, dtype=object)) * dtype.itemsize
+
+
+def _read_member(file: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    try:
+        with archive.open(info) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+    except _DAMAGED as err:  # a short member, a bad CRC, a broken deflate stream
+        raise _damaged(file, err, info.filename.removesuffix(".npy")) from None
 
 
 def _inputs(file: Path, x: np.ndarray, spec: TaskSpec) -> torch.Tensor:

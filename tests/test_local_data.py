@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from client import handlers as client_handlers
 from client import protocol as P
 from conf import load_config, to_flat
 from strategies import build_strategy
-from tasks.local_data import LocalDataError, load_local, main
+from tasks.local_data import MAX_BYTES_ENV, LocalDataError, load_local, main
 from tasks.shakespeare import VOCAB, cut_windows, encode
 from tasks.vision import DEBIAN_FMNIST, FMNIST_MEAN, FMNIST_STD
 
@@ -186,7 +188,7 @@ BAD_FILES = {
     "npz-for-text": ("mine.npz", npz_bytes(x=X, y=Y), SHAKESPEARE,
                      "a .npz file does not fit task 'shakespeare'"),
     "not-an-archive": ("mine.npz", b"surely not a zip file", DIGITS,
-                       "is not a readable .npz archive"),
+                       "is truncated or not a valid .npz archive"),
     "single-npy": ("mine.npz", npy_bytes(X), DIGITS, "holds a single .npy array"),
     "missing-y": ("mine.npz", npz_bytes(x=X, labels=Y), DIGITS,
                   "has no array 'y' (arrays found: x, labels)"),
@@ -236,6 +238,83 @@ def test_bad_files_are_refused_naming_the_file_and_the_problem(tmp_path, case):
         load_local(path, spec)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and fragment in message, message
+
+
+def zip_members(path, **members: bytes):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(f"{name}.npy", content)
+    return path
+
+
+def npy_header(descr: str, shape: tuple) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+def damaged_files(tmp_path) -> dict[str, Path]:
+    whole = npz_bytes(x=X, y=Y)
+    crc = bytearray(whole)
+    crc[300:340] = bytes(40)  # inside x's data: the archive's CRC no longer matches
+    files = {"cut-archive": whole[: len(whole) // 2], "bad-crc": bytes(crc)}
+    paths = {name: tmp_path / f"{name}.npz" for name in files}
+    for name, content in files.items():
+        paths[name].write_bytes(content)
+    paths["cut-member"] = zip_members(tmp_path / "cut-member.npz", x=npy_bytes(X)[:-100],
+                                      y=npy_bytes(Y))
+    paths["cut-header"] = zip_members(tmp_path / "cut-header.npz", x=npy_bytes(X)[:50],
+                                      y=npy_bytes(Y))
+    paths["not-npy"] = zip_members(tmp_path / "not-npy.npz", x=b"surely not an array " * 8,
+                                   y=npy_bytes(Y))
+    return paths
+
+
+def test_a_truncated_or_damaged_npz_is_reported_as_such_not_as_pickles(tmp_path):
+    for name, path in damaged_files(tmp_path).items():
+        with pytest.raises(LocalDataError) as info:
+            load_local(path, DIGITS)
+        message = str(info.value)
+        assert message.startswith(f"{path}: is truncated or not a valid .npz archive"), (name, message)
+        assert "pickle" not in message, (name, message)
+
+
+def test_an_npz_expanding_past_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    # 2 GiB of uint8 declared by x's header, a few bytes stored: refused under the default
+    bomb = zip_members(tmp_path / "bomb.npz", x=npy_header("|u1", (2**31,)) + bytes(64),
+                       y=npy_bytes(Y))
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **k: pytest.fail("read"))
+    with pytest.raises(LocalDataError, match=r"x and y take 2,147,483,\d+ bytes once read, more "
+                       rf"than the limit of 1,073,741,824\. .*{MAX_BYTES_ENV}"):
+        load_local(bomb, DIGITS)
+    monkeypatch.undo()
+
+    # a real compressed file: 5 MB of zeros in a few kB; refused under a 1 MB limit
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, x=np.zeros((20000, 8, 8), np.float32), y=np.zeros(20000, np.int64))
+    assert path.stat().st_size < 50_000
+    monkeypatch.setenv(MAX_BYTES_ENV, "1e6")
+    with pytest.raises(LocalDataError, match="more than the limit of 1,000,000"):
+        load_local(path, DIGITS)
+    monkeypatch.setenv(MAX_BYTES_ENV, "6e6")  # raised: read
+    assert len(load_local(path, DIGITS)) == 20000
+    monkeypatch.setenv(MAX_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_BYTES_ENV}='lots': give a positive number"):
+        load_local(path, DIGITS)
+
+
+def test_a_text_mostly_outside_the_vocabulary_is_logged_naming_the_file(tmp_path, caplog):
+    spec = tasks.TaskSpec("shakespeare", "language", len(VOCAB), (4,))
+    nul, fine = tmp_path / "nul.txt", tmp_path / "fine.txt"
+    nul.write_bytes(b"ab" + bytes(98))  # 98% NUL: would train as spaces
+    fine.write_text("To be, or not to be: that is the question. \u00e9\u00e9")
+    with caplog.at_level(logging.WARNING, logger="tasks.local_data"):
+        assert len(load_local(nul, spec)) == 20
+        assert len(load_local(fine, spec)) == 9
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert str(nul) in warnings[0].getMessage() and "98%" in warnings[0].getMessage()
 
 
 def test_a_missing_file_or_a_folder_says_what_to_give(tmp_path, monkeypatch):

@@ -2,22 +2,26 @@
 exactly the reply and the context.state that the ClientApp's own process gives it; one
 worker serves a node's messages; errors of the training code come back as errors; a worker
 that cannot start, or is killed, costs a fallback or a restart and never a message; the
-worker leaves when idle or when its SuperExec is gone, and answers only peers with its key.
-The deployment tests (test_deployment.py) run every strategy through it."""
+worker leaves when idle, on SIGTERM or when its SuperExec is gone, and answers only peers
+with its key (HMAC-SHA256); it unpickles nothing, answers a malformed request with an error,
+drops a silent peer, and serves on. The deployment tests (test_deployment.py) run every
+strategy through it."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client
 from pathlib import Path
 
 import numpy as np
@@ -136,12 +140,16 @@ def test_a_worker_that_cannot_start_leaves_the_message_to_the_clientapp(
 
 
 DIES_SERVING = """
-import os, sys
-from multiprocessing.connection import Listener
-socket, key = sys.argv[1:]
-with Listener(socket, family="AF_UNIX", authkey=open(key, "rb").read()) as listener:
-    listener.accept().recv_bytes()
-    os._exit(9)  # as if killed, or out of memory, while training
+import os, socket, sys
+from client import worker
+path, key = sys.argv[1:]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen()
+peer, _ = listener.accept()
+worker.handshake(peer, open(key, "rb").read(), server=True)
+worker.Channel(peer).recv_parts()
+os._exit(9)  # as if killed, or out of memory, while training
 """
 
 
@@ -155,7 +163,7 @@ def test_a_worker_that_dies_while_serving_is_retried_then_left_to_the_clientapp(
         paths.socket.unlink(missing_ok=True)
         paths.key.write_bytes(os.urandom(32))
         spawned.append(subprocess.Popen([sys.executable, "-c", DIES_SERVING, str(paths.socket),
-                                         str(paths.key)]))
+                                         str(paths.key)], cwd=worker.APP_ROOT))
         return spawned[-1]
 
     monkeypatch.setattr(worker, "_spawn", spawn)
@@ -178,13 +186,15 @@ def test_a_killed_worker_is_replaced_on_the_next_message(flower_identity, worker
     assert len(started(workers)) == 2 and started(workers)[0] == pid
 
 
-def start_worker(folder: Path, idle: float, parent: int) -> tuple[subprocess.Popen, worker.Paths]:
+def start_worker(folder: Path, idle: float, parent: int, ident: str = "direct",
+                 peer_timeout: float = worker.PEER_TIMEOUT) -> tuple[subprocess.Popen, worker.Paths]:
     folder.mkdir(mode=0o700, exist_ok=True)
-    paths = worker.Paths(folder, "direct")
+    paths = worker.Paths(folder, ident)
     paths.key.write_bytes(os.urandom(32))
     process = subprocess.Popen(
         [sys.executable, "-m", "client.worker", "--socket", str(paths.socket), "--key-file",
-         str(paths.key), "--idle", str(idle), "--parent", str(parent)], cwd=worker.APP_ROOT)
+         str(paths.key), "--idle", str(idle), "--parent", str(parent),
+         "--peer-timeout", str(peer_timeout)], cwd=worker.APP_ROOT)
     deadline = time.monotonic() + 120
     while not paths.socket.exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -197,7 +207,7 @@ def exits_and_cleans_up(process: subprocess.Popen, paths: worker.Paths, within: 
         process.wait(timeout=within)
     except subprocess.TimeoutExpired:
         return False
-    return not any(p.exists() for p in (paths.socket, paths.key, paths.lock, paths.log))
+    return not any(p.exists() for p in (paths.socket, paths.key, paths.lock, paths.log, paths.pid))
 
 
 def test_a_worker_leaves_when_idle(workers):
@@ -209,14 +219,154 @@ def test_a_worker_leaves_when_idle(workers):
 def test_a_worker_leaves_when_its_superexec_is_gone_and_refuses_peers_without_its_key(workers):
     superexec = subprocess.Popen(["sleep", "600"])
     process, paths = start_worker(workers, idle=600, parent=superexec.pid)
-    with pytest.raises(AuthenticationError):
-        Client(str(paths.socket), family="AF_UNIX", authkey=b"not the key")
-    with Client(str(paths.socket), family="AF_UNIX", authkey=paths.key.read_bytes()):
+    with pytest.raises(worker.AuthenticationError):
+        worker.open_channel(paths.socket, b"not the key")
+    with worker.open_channel(paths.socket, paths.key.read_bytes()):
         pass  # still serving, and the right key gets in
     assert process.poll() is None
     superexec.kill()
     superexec.wait()
     assert exits_and_cleans_up(process, paths, within=5)
+
+
+def exchange(paths: worker.Paths, parts: list[bytes]) -> list[bytes]:
+    with worker.open_channel(paths.socket, paths.key.read_bytes()) as channel:
+        channel.send_parts(parts)
+        return channel.recv_parts()
+
+
+def raw_exchange(paths: worker.Paths, data: bytes) -> list[bytes]:
+    """Authenticate, then send ``data`` as it is (no frame) and read the answer."""
+    with worker.open_channel(paths.socket, paths.key.read_bytes()) as channel:
+        channel.sock.sendall(data)
+        return channel.recv_parts()
+
+
+def node_paths(workers: Path, ctx: Context) -> worker.Paths:
+    return worker.Paths(workers, worker.worker_id(ctx))
+
+
+class Plant:
+    """Unpickling this writes a file: what a pickled envelope would let a key holder do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "ran"))
+
+
+def test_a_malformed_request_is_answered_with_an_error_and_the_worker_serves_on(
+        flower_identity, workers, tmp_path):
+    message = momentum_round()
+    expected = client_app.train(message, context(None))
+    assert_same_reply(expected, client_app.train(message, context(120)))  # the worker is up
+    paths = node_paths(workers, context(120))
+    planted = tmp_path / "planted"
+    ctx = worker.context_to_proto(context(120)).SerializeToString()
+    msg = worker.message_to_proto(message).SerializeToString()
+    garbage = {
+        "no frame": (b"\x00garbage, not a frame" * 4, "not a request frame"),
+        "an old pickled envelope": (pickle.dumps({"kind": "train", "message": msg,
+                                                  "context": Plant(planted)}), "not a request frame"),
+    }
+    for name, (data, says) in garbage.items():
+        kind, error, _ = raw_exchange(paths, data)
+        assert kind == worker.ERROR and says in error.decode(), (name, error)
+    framed = {
+        "two parts": ([b"train", msg], "a request has 3 parts, not 2"),
+        "unknown handler": ([b"process_age", msg, ctx], "unknown handler 'process_age'"),
+        "bad message": ([b"train", b"\xff" * 9, ctx], "malformed request: "),
+        "a pickle for a context": ([b"train", msg, pickle.dumps(Plant(planted))],
+                                   "malformed request: "),
+    }
+    for name, (parts, says) in framed.items():
+        kind, error, _ = exchange(paths, parts)
+        assert kind == worker.ERROR and says in error.decode(), (name, error)
+    assert not planted.exists()  # nothing received was unpickled
+    assert_same_reply(expected, client_app.train(message, context(120)))
+    assert len(started(workers)) == 1  # the same worker throughout
+
+
+def test_a_silent_peer_is_dropped_and_the_worker_serves_others(flower_identity, workers):
+    process, paths = start_worker(workers, idle=600, parent=os.getpid(), peer_timeout=1.0)
+    message, local, warm = momentum_round(), context(None), context(None)
+    expected = client_app.train(message, local)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(paths.socket))  # connects, then says nothing
+    quiet = worker.open_channel(paths.socket, paths.key.read_bytes())  # authenticates, no request
+    try:
+        started_at = time.monotonic()
+        answer = exchange(paths, worker.request_parts("train", message, warm))
+        assert time.monotonic() - started_at < 30
+        assert_same_reply(expected, worker.reply_message(answer, message, warm))
+        silent.settimeout(30)
+        received = b""
+        while chunk := silent.recv(4096):  # the worker's hello, then the end: dropped
+            received += chunk
+        assert received.startswith(worker.HELLO)
+        quiet.sock.settimeout(30)
+        assert quiet.sock.recv(1) == b""  # dropped too
+        assert process.poll() is None
+    finally:
+        silent.close()
+        quiet.close()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_key_check_is_hmac_sha256_both_ways_with_compare_digest(workers, monkeypatch):
+    process, paths = start_worker(workers, idle=600, parent=os.getpid())
+    key = paths.key.read_bytes()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:  # the documented handshake
+            peer.settimeout(30)
+            peer.connect(str(paths.socket))
+            hello = worker._recv_exact(peer, len(worker.HELLO) + 32)
+            challenge, mine = bytes(hello[len(worker.HELLO):]), os.urandom(32)
+            answer = hmac.new(key, worker.HELLO + b"client" + challenge, hashlib.sha256).digest()
+            peer.sendall(answer + mine)
+            proof = bytes(worker._recv_exact(peer, 32))
+            assert proof == hmac.new(key, worker.HELLO + b"server" + mine, hashlib.sha256).digest()
+        compared, original = [], hmac.compare_digest
+
+        def compare_digest(a, b):
+            compared.append((len(a), len(b)))
+            return original(a, b)
+
+        monkeypatch.setattr(worker.hmac, "compare_digest", compare_digest)
+        with worker.open_channel(paths.socket, key):
+            pass
+        assert compared == [(32, 32)]  # the worker's proof, checked in constant time
+        with pytest.raises(worker.AuthenticationError, match="refused this key"):
+            worker.open_channel(paths.socket, key[::-1])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_sigterm_removes_the_workers_files(workers):
+    process, paths = start_worker(workers, idle=600, parent=os.getpid())
+    assert paths.pid.read_text().strip() == str(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert exits_and_cleans_up(process, paths, within=30)
+    assert process.returncode == -signal.SIGTERM
+
+
+def test_a_new_worker_removes_the_files_of_killed_workers(workers):
+    killed, old = start_worker(workers, idle=600, parent=os.getpid(), ident="killed")
+    killed.kill()
+    killed.wait()
+    assert all(p.exists() for p in (old.socket, old.key, old.pid))  # SIGKILL leaves them
+    alive = worker.Paths(workers, "alive")
+    alive.pid.write_text(f"{os.getpid()}\n")  # a worker whose process is still there
+    process, paths = start_worker(workers, idle=600, parent=os.getpid(), ident="new")
+    try:
+        assert not any(p.exists() for p in (old.socket, old.key, old.pid, old.lock))
+        assert alive.pid.exists() and paths.pid.exists() and paths.socket.exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_a_worker_folder_others_may_enter_is_refused(workers):
