@@ -7,15 +7,22 @@ Merge order, later wins::
 
 ``task.name``, ``strategy.name`` and ``run.preset`` are themselves taken from the highest
 layer that sets them, so ``--run-config "task.name='fmnist'"`` pulls in
-``conf/task/fmnist.yaml``. Any unknown key, wrong type or value out of range raises
-``ConfigError`` naming the key and what is allowed, before anything is trained.
+``conf/task/fmnist.yaml``. Any unknown key, wrong type or value out of range (a float
+that is not finite, an integer beyond 64 bits, a name that is not a plain file name),
+a combination of keys that cannot run, or a model too large to hold raises ``ConfigError``
+naming the key and what is allowed, before anything is trained; given the number of
+nodes (``num_nodes``), so do node counts the federation cannot meet. Keys that have no
+effect for the chosen strategy give a ``ConfigWarning``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,14 @@ SCALAR = (bool, int, float, str)
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that says which key and what to do."""
+
+
+class ConfigWarning(UserWarning):
+    """A config that runs but probably not as meant (e.g. a key the strategy ignores)."""
+
+
+INT64 = 2**63  # Flower passes run-config integers as signed 64-bit: -2^63 <= v < 2^63
+MAX_PARAMETERS = 2**31  # 8 GiB of float32 per model copy; the server holds several
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -112,7 +127,22 @@ def _check_type(key: str, value: Any, source: str) -> Any:
             f"Config key '{key}' ({source}) must be {declared}, got {value!r} "
             f"({type(value).__name__})."
         )
-    return float(value) if declared == "float" else value
+    if declared == "int" and not -INT64 <= value < INT64:
+        sign = "<" if value > 0 else ">="
+        raise ConfigError(
+            f"Config key '{key}' = {value} is out of range; it must be {sign} "
+            f"{'' if value > 0 else '-'}2^63 (Flower passes integers as 64-bit)."
+        )
+    if declared == "float":
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond the float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"Config key '{key}' ({source}) must be a finite number, got {value!r}."
+            )
+    return value
 
 
 def _check_value(key: str, value: Any) -> None:
@@ -130,10 +160,17 @@ def _check_value(key: str, value: Any) -> None:
     for bound, holds, sign in bounds:
         if bound is not None and not holds(value, bound):
             raise ConfigError(f"Config key '{key}' = {value!r} is out of range; it must be {sign} {bound}.")
+    if meta["pattern"] and not (isinstance(value, str) and re.fullmatch(meta["pattern"], value)):
+        raise ConfigError(
+            f"Config key '{key}' = {value!r} is not a plain name: use 1-128 letters, digits, "
+            "'.', '_' or '-', not starting with '.' (it names a file or folder, so no '/' "
+            "or '..'), e.g. 'lr-0.1'."
+        )
 
 
-def _check_consistency(cfg: Config) -> None:
-    """Rules that involve more than one key."""
+def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
+    """Rules that involve more than one key; with ``num_nodes`` (the SuperNodes, = the
+    partitions), also the node counts the federation must meet."""
     task, model = cfg.task.name, cfg.model.name
     if cfg.data.partition == "natural" and task != "shakespeare":
         raise ConfigError(
@@ -167,12 +204,130 @@ def _check_consistency(cfg: Config) -> None:
             "strategy.min_available_nodes must be >= strategy.min_train_nodes "
             f"({cfg.strategy.min_available_nodes} < {cfg.strategy.min_train_nodes})."
         )
+    _check_nodes(cfg.strategy, num_nodes)
+    _check_model_size(cfg)
+
+
+def _check_nodes(s, num_nodes: int | None) -> None:
+    """Node counts: gossip needs a graph, a round needs the replies it asks for."""
+    gossip = s.name == "gossip_pga"
+    if s.min_replies >= 1 and s.min_replies != int(s.min_replies):
+        raise ConfigError(
+            f"strategy.min_replies = {s.min_replies:g}: from 1 on it is a count of replies and "
+            "must be a whole number (below 1 it is a fraction of the nodes sent work)."
+        )
+    if num_nodes is not None and num_nodes < 1:
+        raise ConfigError(f"{num_nodes} nodes: a federation needs at least one node.")
+    if gossip and num_nodes is not None and num_nodes < 2:
+        raise ConfigError(
+            f"gossip_pga needs at least 2 nodes (a graph to gossip on) but the federation has "
+            f"{num_nodes} node; start more SuperNodes or use strategy.name = 'fedavg'."
+        )
+    if gossip and s.min_available_nodes < 2:
+        raise ConfigError(
+            "strategy.name = 'gossip_pga' builds its graph on the nodes connected when the run "
+            f"starts, and strategy.min_available_nodes = {s.min_available_nodes} lets it start "
+            "with one node (no neighbour to gossip with); set strategy.min_available_nodes to "
+            "the number of nodes, at least 2."
+        )
+    if num_nodes is None:
+        return
+    if s.min_available_nodes > num_nodes:
+        raise ConfigError(
+            f"strategy.min_available_nodes = {s.min_available_nodes} but the federation has "
+            f"{num_nodes} node(s): the run would wait strategy.node_wait = {s.node_wait:g} s "
+            "for nodes that never come, then stop. Lower it or start more SuperNodes."
+        )
+    # Flower's FedAvg sends work to max(int(n * fraction_train), min_train_nodes) nodes
+    sent = min(num_nodes, max(int(num_nodes * s.fraction_train), s.min_train_nodes))
+    if not gossip and s.min_replies >= 1 and int(s.min_replies) > sent:
+        raise ConfigError(
+            f"strategy.min_replies = {s.min_replies:g} asks for {int(s.min_replies)} sound "
+            f"replies a round, but only {sent} node(s) get work each round ({num_nodes} nodes x "
+            f"strategy.fraction_train = {s.fraction_train:g}, at least strategy.min_train_nodes "
+            f"= {s.min_train_nodes}): every round would fail. Lower strategy.min_replies (below "
+            "1 it is a fraction of the nodes sent work, e.g. 0.5) or start more SuperNodes."
+        )
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _check_model_size(cfg: Config) -> None:
+    """Refuse a model (or teacher network) whose float32 parameters alone exceed
+    ``MAX_PARAMETERS`` or this machine's memory, before anything tries to build it."""
+    import tasks  # torch, imported only here: the rest of the funnel is plain data
+    from tasks.models import parameter_count
+
+    spec, name, m, d = tasks.task_spec(cfg), tasks.model_name(cfg), cfg.model, cfg.data
+    memory = _memory_bytes()
+    limit = MAX_PARAMETERS if memory is None else min(MAX_PARAMETERS, memory // 4)
+    why = "2^31" if limit == MAX_PARAMETERS else "this machine's memory in float32"
+    keys = {"mlp": ["model.width", "model.depth"], "cnn": ["model.width"]}.get(
+        name, ["model.width", "model.depth", "model.embed_dim"])
+    if cfg.task.name == "teacher":
+        keys.append("data.input_dim")
+    networks = [(f"The {name} model", parameter_count(
+        name, spec.input_shape, spec.num_outputs, m.width, m.depth, m.embed_dim), keys)]
+    if cfg.task.name == "teacher":
+        teacher = parameter_count("mlp", (d.input_dim,), 1, d.teacher_width, d.teacher_depth, 0)
+        networks.append(("The teacher network", teacher,
+                         ["data.teacher_width", "data.teacher_depth", "data.input_dim"]))
+    for what, count, knobs in networks:
+        if count > limit:
+            settings = ", ".join(f"{k} = {_get(cfg, k)}" for k in knobs)
+            raise ConfigError(
+                f"{what} ({settings}) has {count:,} parameters ({count * 4 / 2**30:,.1f} GiB "
+                f"as float32); the limit is {limit:,} ({why}). Lower {' or '.join(knobs)}."
+            )
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+# Flower's own --run-config grammar (flwr.common.config.parse_config_args): key=value
+# pairs, values TOML, separated by white space. Flower drops any text that does not match.
+PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 
 
 def parse_run_config(text: str) -> dict:
-    """``"a.b=1 c='x'"`` -> ``{"a.b": 1, "c": "x"}`` (values are TOML)."""
-    pairs = re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", text)
-    return {key: tomllib.loads(f"v = {value}")["v"] for key, value in pairs}
+    """``"a.b=1 c='x'"`` -> ``{"a.b": 1, "c": "x"}`` (values are TOML), as ``flwr run
+    --run-config`` reads it, except that text Flower would silently drop (``a = 1``, a
+    stray word) and a value that is not TOML (``task.name=mnist``) raise a ConfigError."""
+    pairs: dict = {}
+    end = 0
+    for match in PAIR.finditer(text):
+        _refuse_leftover(text[end:match.start()])
+        if match.end() < len(text) and not text[match.end()].isspace():
+            rest = text[match.end():].split()[0]
+            raise ConfigError(f"Cannot read {rest!r} in the run config: separate key=value "
+                              "pairs with spaces.")
+        key, value = match.groups()
+        if key in pairs:
+            raise ConfigError(f"Config key '{key}' is set twice in the run config.")
+        try:
+            pairs[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            hint = (f"strings need quotes: {key}='{value}'" if re.fullmatch(r"[\w./~-]+", value)
+                    else "values are TOML: 3, 0.1, true, 'text'")
+            raise ConfigError(f"Cannot read the value of '{key}' ({value}): {hint}.") from None
+        end = match.end()
+    _refuse_leftover(text[end:])
+    return pairs
+
+
+def _refuse_leftover(text: str) -> None:
+    if text.strip():
+        raise ConfigError(
+            f"Cannot read {text.strip()!r} in the run config: write key=value pairs with no "
+            "spaces around '=', separated by spaces, e.g. \"train.lr=0.1 task.name='fmnist'\"."
+        )
 
 
 # ----------------------------------------------------------------------------- funnel
@@ -192,6 +347,7 @@ def resolve_layers(overrides: Mapping[str, Any] | None = None) -> list[tuple[str
         raise ConfigError(f"Config key '{key}' has no value in base.yaml.")  # pragma: no cover
 
     preset = current("run.preset", [])
+    _check_value("run.preset", _check_type("run.preset", preset, "the overrides"))
     preset_layer = []
     if preset != "none":
         path = CONF_DIR / "preset" / f"{preset}.yaml"
@@ -205,7 +361,7 @@ def resolve_layers(overrides: Mapping[str, Any] | None = None) -> list[tuple[str
     return layers + preset_layer + [("the overrides", overrides)]
 
 
-def _typed_config(typed: dict[str, Any], missing_hint: str) -> Config:
+def _typed_config(typed: dict[str, Any], missing_hint: str, num_nodes: int | None = None) -> Config:
     """Every key present, every value allowed, then the typed ``Config`` and the rules that
     involve more than one key. ``typed`` has already passed ``_check_type``."""
     missing = [key for key in FIELDS if key not in typed]
@@ -217,17 +373,38 @@ def _typed_config(typed: dict[str, Any], missing_hint: str) -> Config:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), unflatten(typed)))
     except OmegaConfBaseException as err:  # pragma: no cover - types were checked above
         raise ConfigError(str(err)) from err
-    _check_consistency(cfg)
+    _check_consistency(cfg, num_nodes)
     return cfg
 
 
-def load_config(overrides: Mapping[str, Any] | None = None) -> Config:
-    """Merge every layer, check every value and return the typed ``Config``."""
+def load_config(overrides: Mapping[str, Any] | None = None, num_nodes: int | None = None) -> Config:
+    """Merge every layer, check every value and return the typed ``Config``. ``num_nodes``:
+    the federation's SuperNodes (= partitions), when known, to check node counts against."""
     merged: dict[str, Any] = {}
-    for source, layer in resolve_layers(overrides):
+    layers = resolve_layers(overrides)
+    for source, layer in layers:
         for key, value in layer.items():
             merged[key] = _check_type(key, value, source)
-    return _typed_config(merged, "conf/base.yaml lacks a default for")
+    cfg = _typed_config(merged, "conf/base.yaml lacks a default for", num_nodes)
+    _warn_ignored(cfg, layers[1:])
+    return cfg
+
+
+def _warn_ignored(cfg: Config, layers: list[tuple[str, dict]]) -> None:
+    """Warn about keys set above base.yaml that the chosen strategy ignores."""
+    set_by = {key: source for source, layer in layers for key in layer}
+    ignored = [key for key, f in FIELDS.items()
+               if key in set_by and f.metadata["strategies"]
+               and cfg.strategy.name not in f.metadata["strategies"]]
+    if ignored:
+        only = " / ".join(sorted({s for key in ignored for s in FIELDS[key].metadata["strategies"]}))
+        sources = ", ".join(sorted({set_by[key] for key in ignored}))
+        have, them = ("has", "it") if len(ignored) == 1 else ("have", "them")
+        warnings.warn(
+            f"{', '.join(ignored)} (set by {sources}) {have} an effect only with strategy.name = "
+            f"{only}; strategy.name = {cfg.strategy.name!r} ignores {them}.",
+            ConfigWarning, stacklevel=3,
+        )
 
 
 def to_flat(cfg: Config) -> dict[str, Any]:

@@ -4,7 +4,9 @@ This module is the single place where a config key is declared (its type, meanin
 allowed values); ``conf/base.yaml`` holds every default. The other YAML files in
 ``conf/`` only change values declared here, the README's config reference is generated
 from the ``help`` texts below (``python -m conf --markdown``), and ``conf.load`` checks
-every value against ``choices``/``ge``/``gt``/``le`` before any training starts.
+every value against ``choices``/``ge``/``gt``/``le``/``pattern`` before any training
+starts. ``strategies`` names the strategies a key has an effect for (setting it for
+another strategy is warned about).
 No ``flwr`` import here: the schema is plain data.
 """
 
@@ -14,27 +16,39 @@ from dataclasses import dataclass, field, fields
 
 from omegaconf import MISSING
 
+# A value that names a file or folder (run.name, run.preset): no separators, no "..", no
+# hidden files, short enough for any file system.
+PLAIN_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+GOSSIP = ("gossip_pga",)
 
-def opt(help: str, *, choices: tuple = (), ge=None, gt=None, le=None):
-    """A config field: its help text and allowed values; its default is in base.yaml."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le}
+
+def opt(help: str, *, choices: tuple = (), ge=None, gt=None, le=None, pattern: str | None = None,
+        strategies: tuple = ()):
+    """A config field: its help text and allowed values; its default is in base.yaml.
+    ``pattern``: a regular expression the whole (string) value must match; ``strategies``:
+    the only strategies the key has an effect for (empty: all)."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "pattern": pattern,
+            "strategies": strategies}
     return field(default=MISSING, metadata=meta)
 
 
 @dataclass
 class RunSection:
     rounds: int = opt("Number of server rounds.", ge=1)
-    seed: int = opt("Seed for model init, data split and batch order.", ge=0)
+    seed: int = opt("Seed for model init, data split and batch order (0 <= seed < 2^63).", ge=0)
     output_dir: str = opt(
         "Folder that receives one sub-folder per run. Absolute or starting with `~`: "
         "the ServerApp may run in another process with another working directory.",
     )
     name: str = opt(
-        "Run folder name; `auto` = `<time>-<task>-<strategy>-s<seed>`."
+        "Run folder name inside `output_dir`, a plain name (letters, digits, `.`, `_`, `-`; "
+        "not starting with `.`); `auto` = `<time>-<task>-<strategy>-s<seed>`.",
+        pattern=PLAIN_NAME,
     )
     preset: str = opt(
-        "Experiment preset from `conf/preset/<name>.yaml`, applied over the task and "
-        "strategy defaults; `none` = no preset.",
+        "Experiment preset from `conf/preset/<name>.yaml` (a plain name), applied over the "
+        "task and strategy defaults; `none` = no preset.",
+        pattern=PLAIN_NAME,
     )
     save_model: bool = opt("Write the final global model to `model.pt`.")
     diagnostics: bool = opt(
@@ -255,28 +269,35 @@ class StrategySection:
         "(`identity` = no gossip, i.e. Local SGD).",
         choices=("ring", "grid", "torus", "exponential", "one_peer_exponential",
                  "fully_connected", "star", "erdos_renyi", "identity"),
+        strategies=GOSSIP,
     )
     averaging: str = opt(
         "gossip_pga: when to average globally. `periodic` every `period` iterations "
         "(Gossip-PGA), `adaptive` from `period` growing as the loss falls (Gossip-AGA, "
         "our rule: H = ceil(period * sqrt(F_0 / F))), `never` (Gossip SGD).",
         choices=("periodic", "adaptive", "never"),
+        strategies=GOSSIP,
     )
-    period: int = opt("gossip_pga: H, iterations between global averages (1 = parallel SGD).", ge=1)
-    edge_probability: float = opt("gossip_pga: edge probability of `erdos_renyi`.", gt=0.0, le=1.0)
+    period: int = opt("gossip_pga: H, iterations between global averages (1 = parallel SGD).",
+                      ge=1, strategies=GOSSIP)
+    edge_probability: float = opt("gossip_pga: edge probability of `erdos_renyi`.",
+                                  gt=0.0, le=1.0, strategies=GOSSIP)
     failure_policy: str = opt(
         "gossip_pga: a node that does not answer in time: `stop` the run, or `renormalize` "
         "(drop it and rebuild W on the remaining graph with Metropolis-Hastings weights).",
         choices=("stop", "renormalize"),
+        strategies=GOSSIP,
     )
     min_gossip_nodes: int = opt(
         "gossip_pga with `failure_policy='renormalize'`: the run stops when fewer graph "
         "nodes than this would remain.",
         ge=1,
+        strategies=GOSSIP,
     )
     evaluate_nodes: bool = opt(
         "gossip_pga: also evaluate every node's own model on the test set each round "
-        "(mean over nodes)."
+        "(mean over nodes).",
+        strategies=GOSSIP,
     )
 
 

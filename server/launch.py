@@ -11,7 +11,10 @@ runs ``flwr run <app> --stream``, checks the run's final status (``--stream`` ca
 
 With ``--deployment`` it starts a SuperLink and N SuperNodes as separate OS processes
 talking gRPC on loopback instead (Flower's Deployment Engine), and stops them all on exit
-or Ctrl-C. Tests use ``LocalSimulation`` and ``LocalDeployment`` directly.
+or Ctrl-C. Before it starts anything it checks the overrides with the config funnel
+(``conf.load_config``, against ``--num-supernodes`` nodes) and names a bad key, where
+``flwr run`` would only say "Invalid run configuration". Tests use ``LocalSimulation``
+and ``LocalDeployment`` directly.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Self
 
-from conf.load import parse_run_config
+from conf.load import ConfigError, load_config, parse_run_config
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CERTS_SCRIPT = APP_DIR / "deploy" / "certs.sh"
@@ -323,6 +327,18 @@ class LocalDeployment(_LocalFlower):
 
 
 
+def check_overrides(overrides: dict, num_supernodes: int, deployment: bool) -> list[str]:
+    """Run the overrides through the config funnel as the run will see them (a deployment
+    run waits for all N nodes: ``strategy.min_available_nodes = N`` unless set) on
+    ``num_supernodes`` nodes; raises ``ConfigError``, returns the funnel's warnings."""
+    if deployment:
+        overrides = {"strategy.min_available_nodes": num_supernodes, **overrides}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_config(overrides, num_nodes=num_supernodes)
+    return [str(w.message) for w in caught]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", action="store_true",
@@ -338,7 +354,13 @@ def main(argv=None) -> int:
     parser.add_argument("--run-config", default="", help="e.g. \"run.rounds=5 task.name='fmnist'\"")
     parser.add_argument("--flwr-home", default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
-    overrides = parse_run_config(args.run_config)
+    try:
+        overrides = parse_run_config(args.run_config)
+        for warning in check_overrides(overrides, args.num_supernodes, args.deployment):
+            print(f"config warning: {warning}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 1
     if args.deployment:
         with LocalDeployment(args.num_supernodes, flwr_home=args.flwr_home, secure=args.secure,
                              warm_worker=args.warm_worker) as deployment:

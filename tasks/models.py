@@ -86,6 +86,29 @@ class CharRNN(nn.Module):
         return self.out(h)
 
 
+def parameter_count(name: str, input_shape: tuple[int, ...], num_outputs: int, width: int,
+                    depth: int, embed_dim: int) -> int:
+    """How many parameters ``build_model`` with these arguments has, without building it
+    (the config funnel refuses models too large to hold before anything allocates them)."""
+
+    def linear(fan_in: int, fan_out: int) -> int:
+        return fan_in * fan_out + fan_out
+
+    if name == "mlp":
+        sizes = [math.prod(input_shape)] + [width] * depth + [num_outputs]
+        return sum(linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+    if name == "cnn":
+        channels, height, w = input_shape
+        convs = linear(channels * 25, 32) + linear(32 * 25, 64)
+        return convs + linear(64 * (height // 4) * (w // 4), width) + linear(width, num_outputs)
+    if name in ("lstm", "rnn"):
+        gates = 4 if name == "lstm" else 1  # per layer: W_ih, W_hh, b_ih, b_hh for each gate
+        layers = sum(gates * (linear(embed_dim if i == 0 else width, width) + linear(width, width))
+                     for i in range(depth))
+        return num_outputs * embed_dim + layers + linear(width, num_outputs)
+    raise ValueError(f"Unknown model {name!r}; choose mlp, cnn, lstm or rnn.")
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, width: int,
                 depth: int, embed_dim: int) -> nn.Module:
     """The model named in the config (``auto`` already resolved by the task registry)."""

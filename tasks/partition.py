@@ -7,6 +7,8 @@ a partition comes back as an index array into the task's tensors.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 SCHEMES = ("iid", "dirichlet", "classes", "natural")
@@ -55,6 +57,7 @@ def partition_all(
         columns["idx"] = np.random.default_rng(seed).permutation(len(labels))
         part = fp.IidPartitioner(num_partitions)
     elif scheme == "dirichlet":
+        _check_min_partition_size(min_partition_size, num_partitions, len(labels), scheme)
         part = fp.DirichletPartitioner(
             num_partitions, "label", alpha, min_partition_size=min_partition_size,
             self_balancing=False, shuffle=True, seed=seed,
@@ -87,9 +90,34 @@ def partition_all(
         position = {natural: p for p, natural in part.partition_id_to_natural_id.items()}
         order = [position[client] for client in range(num_partitions)]
     try:
-        return [np.sort(np.asarray(part.load_partition(p)["idx"], dtype=np.int64)) for p in order]
-    except ValueError as err:  # e.g. Dirichlet cannot meet min_partition_size
+        with warnings.catch_warnings():  # each failed draw warns "adjust the alpha"
+            warnings.filterwarnings("ignore", "The specified min_partition_size")
+            return [np.sort(np.asarray(part.load_partition(p)["idx"], dtype=np.int64)) for p in order]
+    except ValueError as err:
+        if scheme == "dirichlet" and "max number of attempts" in str(err):
+            raise ValueError(
+                f"Cannot split the data {scheme!r} into {num_partitions} parts: 11 Dirichlet("
+                f"alpha = {alpha:g}) draws all left some of the {num_partitions} partitions "
+                f"below data.min_partition_size = {min_partition_size} examples (the training "
+                f"pool has {len(labels)}, {len(labels) // num_partitions} per partition on "
+                "average): lower data.min_partition_size, raise data.alpha (less skew) or use "
+                "fewer clients."
+            ) from err
         raise ValueError(f"Cannot split the data {scheme!r} into {num_partitions} parts: {err}") from err
+
+
+def _check_min_partition_size(min_size: int, num_partitions: int, pool: int, scheme: str) -> None:
+    """A Dirichlet split cannot give every partition ``min_size`` examples from a pool
+    smaller than ``min_size x num_partitions``, whatever alpha is."""
+    if min_size * num_partitions > pool:
+        raise ValueError(
+            f"Cannot split the data {scheme!r} into {num_partitions} parts: "
+            f"data.min_partition_size = {min_size} asks for at least {min_size} examples in "
+            f"each of {num_partitions} partitions ({min_size * num_partitions} in all), but "
+            f"the training pool has {pool}. Lower data.min_partition_size to at most "
+            f"{pool // num_partitions}, use fewer clients (SuperNodes) or keep more training "
+            "data (data.max_train = 0 keeps all)."
+        )
 
 
 def partition_indices(

@@ -121,3 +121,153 @@ def test_pyproject_app_config_equals_base_yaml():
 def test_readme_config_reference_is_current():
     """README.md carries `python -m conf --markdown` verbatim."""
     assert reference_table() in (REPO / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------- issue #13, section 2
+FLOAT_KEYS = [key for key, f in iter_fields() if f.type in ("float", float)]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}'.* must be a finite number"):
+        load_config({key: value})
+
+
+def test_non_finite_floats_are_refused_from_toml_and_the_received_config():
+    assert len(FLOAT_KEYS) > 10 and "train.lr" in FLOAT_KEYS and "data.alpha" in FLOAT_KEYS
+    with pytest.raises(ConfigError, match="'strategy.clip_gamma'.* finite number, got nan"):
+        load_config(parse_run_config("strategy.clip_gamma=nan"))
+    with pytest.raises(ConfigError, match="'data.alpha'.* finite"):
+        from_flat({**to_flat(load_config()), "data.alpha": float("inf")})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("run.name", "../x"), ("run.name", "/tmp/x"), ("run.name", ""), ("run.name", "a/b/c"),
+     ("run.name", ".hidden"), ("run.name", "x" * 200), ("run.preset", "../strategy/gossip_pga"),
+     ("run.preset", "/etc/passwd"), ("run.preset", "")],
+)
+def test_names_that_build_paths_must_be_plain(key, value):
+    with pytest.raises(ConfigError, match=f"Config key '{key}' = .* is not a plain name: use"):
+        load_config({key: value})
+    if key == "run.name":  # the client checks what it receives too
+        with pytest.raises(ConfigError, match="not a plain name"):
+            from_flat({**to_flat(load_config()), key: value})
+
+
+def test_plain_names_are_accepted():
+    assert load_config({"run.name": "lr-0.1_seed.3"}).run.name == "lr-0.1_seed.3"
+    assert load_config({"run.name": "auto"}).run.name == "auto"
+    assert load_config({"run.preset": "smoke"}).run.rounds == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "leftover"),
+    [("train.lr = 0.1", "train.lr = 0.1"), ("run.rounds=3 train.lr =0.1", "train.lr =0.1"),
+     ("run.rounds=3 junk", "junk"), ("train.lr=", "train.lr="), ("task.name='fmnist'x", "x")],
+)
+def test_parse_run_config_never_ignores_text(text, leftover):
+    with pytest.raises(ConfigError, match="Cannot read") as err:
+        parse_run_config(text)
+    assert repr(leftover) in str(err.value)
+
+
+def test_parse_run_config_errors_say_what_to_write():
+    with pytest.raises(ConfigError, match="strings need quotes: task.name='mnist'"):
+        parse_run_config("task.name=mnist")
+    with pytest.raises(ConfigError, match="'run.rounds' is set twice"):
+        parse_run_config("run.rounds=3 run.rounds=4")
+    assert parse_run_config("") == {} and parse_run_config("  ") == {}
+    assert parse_run_config(' run.name="a b"  train.lr=1e-3 ') == {"run.name": "a b", "train.lr": 1e-3}
+
+
+def test_python_m_conf_reports_errors_and_shows_the_quoted_form(capsys):
+    from conf import __main__ as cli
+
+    assert "task.name=fmnist " not in cli.__doc__ and "task.name='fmnist'" in cli.__doc__
+    assert cli.main(["task.name=mnist"]) == 2
+    assert "strings need quotes: task.name='mnist'" in capsys.readouterr().err
+    assert cli.main(["train.lrr=0.1"]) == 2
+    assert "Unknown config key 'train.lrr'" in capsys.readouterr().err
+    assert cli.main(["--num-nodes", "1", "strategy.name='gossip_pga'"]) == 2
+    assert "gossip_pga" in capsys.readouterr().err
+    assert cli.main(["strategy.topology='torus'"]) == 0
+    assert "config warning: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["run.seed", "run.rounds", "strategy.max_examples"])
+def test_int_keys_fit_flowers_64_bit_integers(key):
+    load_config({key: 2**63 - 1})
+    with pytest.raises(ConfigError, match=f"Config key '{key}' = 9223372036854775808 is out of range;"
+                                          r" it must be < 2\^63"):
+        load_config({key: 2**63})
+
+
+def test_huge_ints_for_float_keys_are_a_config_error():
+    with pytest.raises(ConfigError, match="'train.lr'.* finite number"):
+        load_config({"train.lr": 10**400})
+
+
+def test_gossip_only_keys_with_a_fedavg_strategy_warn_naming_them():
+    with pytest.warns(conf_load.ConfigWarning, match="strategy.topology, strategy.period .*only.*gossip_pga"):
+        load_config({"strategy.topology": "torus", "strategy.period": 2, "strategy.name": "clipped_fedavg"})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config()  # defaults: nothing set
+        load_config({"strategy.name": "gossip_pga", "strategy.topology": "torus"})
+        load_config({"run.preset": "local_sgd"})  # a gossip preset
+
+
+def test_gossip_pga_needs_two_nodes():
+    with pytest.raises(ConfigError, match="'gossip_pga' .*strategy.min_available_nodes = 1 "):
+        load_config({"strategy.name": "gossip_pga", "strategy.min_available_nodes": 1,
+                     "strategy.min_train_nodes": 1})
+    with pytest.raises(ConfigError, match="gossip_pga needs at least 2 nodes.* 1 node"):
+        load_config({"strategy.name": "gossip_pga"}, num_nodes=1)
+    assert load_config({"strategy.name": "gossip_pga"}, num_nodes=2).strategy.name == "gossip_pga"
+
+
+def test_min_replies_and_node_counts_against_the_number_of_nodes():
+    assert load_config({"strategy.min_replies": 4}, num_nodes=4).strategy.min_replies == 4
+    assert load_config({"strategy.min_replies": 0.99}, num_nodes=2).strategy.min_replies == 0.99
+    with pytest.raises(ConfigError, match=r"strategy.min_replies = 5 .* only 4 node\(s\) get work"):
+        load_config({"strategy.min_replies": 5}, num_nodes=4)
+    # fraction_train 0.5 of 10 nodes: 5 sent work each round
+    with pytest.raises(ConfigError, match=r"strategy.min_replies = 6 .* only 5 node"):
+        load_config({"strategy.min_replies": 6, "strategy.fraction_train": 0.5}, num_nodes=10)
+    with pytest.raises(ConfigError, match="strategy.min_replies = 2.5: .* whole number"):
+        load_config({"strategy.min_replies": 2.5})
+    with pytest.raises(ConfigError, match="strategy.min_available_nodes = 2 .* 1 node"):
+        load_config({}, num_nodes=1)
+    with pytest.raises(ConfigError, match="strategy.min_available_nodes = 3 .* 2 node"):
+        load_config({"strategy.min_train_nodes": 3, "strategy.min_available_nodes": 3}, num_nodes=2)
+    with pytest.raises(ConfigError, match="at least one node"):
+        load_config({}, num_nodes=0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"model.width": 10**6}, {"model.depth": 10**6, "model.width": 2048},
+     {"task.name": "teacher", "data.input_dim": 10**10},
+     {"task.name": "shakespeare", "model.embed_dim": 10**10}],
+)
+def test_models_too_large_for_memory_are_refused_with_their_size(overrides):
+    with pytest.raises(ConfigError, match=r"has [0-9,]+ parameters .* the limit is [0-9,]+"):
+        load_config(overrides)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "outputs"),
+    [("mlp", (8, 8), 10), ("cnn", (1, 28, 28), 10), ("cnn", (1, 8, 8), 10),
+     ("lstm", (20,), 65), ("rnn", (20,), 65)],
+)
+@pytest.mark.parametrize(("width", "depth"), [(7, 1), (16, 3)])
+def test_parameter_count_is_the_built_models(name, shape, outputs, width, depth):
+    from tasks.models import build_model, parameter_count
+
+    model = build_model(name, shape, outputs, width, depth, 5)
+    built = sum(p.numel() for p in model.parameters())
+    assert parameter_count(name, shape, outputs, width, depth, 5) == built

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from server.launch import LocalDeployment, deployment_env, toml_value
 
 
@@ -40,3 +42,44 @@ def test_supernode_command_lines(tmp_path):
 
 def test_toml_values():
     assert [toml_value(v) for v in (True, 3, 0.5, "a'b")] == ["true", "3", "0.5", '"a\'b"']
+
+
+def _no_runtime(monkeypatch):
+    """Make starting a Flower runtime an error: a check must stop the launcher first."""
+    import server.launch as launch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the launcher started a runtime for a bad config")
+
+    monkeypatch.setattr(launch, "LocalSimulation", refuse)
+    monkeypatch.setattr(launch, "LocalDeployment", refuse)
+    return launch
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--run-config", "train.lrr=0.1"], "Unknown config key 'train.lrr'"),
+        (["--run-config", "train.lr = 0.1"], "Cannot read 'train.lr = 0.1'"),
+        (["--run-config", "task.name=mnist"], "strings need quotes: task.name='mnist'"),
+        (["--run-config", "train.lr=inf"], "'train.lr'"),
+        (["--num-supernodes", "1", "--run-config", "strategy.name='gossip_pga'"], "gossip_pga needs"),
+        (["--num-supernodes", "4", "--run-config", "strategy.min_replies=5"], "strategy.min_replies = 5"),
+        (["--deployment", "--num-supernodes", "1", "--run-config",
+          "strategy.name='gossip_pga' strategy.min_train_nodes=1"], "gossip_pga needs at least 2 nodes"),
+    ],
+)
+def test_launcher_checks_the_overrides_before_starting_anything(monkeypatch, capsys, argv, message):
+    launch = _no_runtime(monkeypatch)
+    assert launch.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and message in err
+
+
+def test_launcher_checks_deployment_overrides_as_the_deployment_runs_them(monkeypatch):
+    """A deployment run waits for all N nodes (strategy.min_available_nodes = N), so 3
+    nodes with strategy.min_train_nodes = 3 is fine there; the check agrees."""
+    launch = _no_runtime(monkeypatch)
+    launch.check_overrides({"strategy.min_train_nodes": 3}, num_supernodes=3, deployment=True)
+    with pytest.raises(launch.ConfigError, match="strategy.min_available_nodes = 2 .* 1 node"):
+        launch.check_overrides({}, num_supernodes=1, deployment=False)

@@ -260,3 +260,23 @@ def test_client_split_follows_the_config():
     assert len(a) != len(b) or not torch.equal(a.y, b.y)
     with pytest.raises(ValueError, match="partition-id"):
         tasks.client_split(iid, 7, 7)
+
+
+def test_min_partition_size_above_the_pool_share_names_the_cause(labels):
+    """1438 examples cannot give 4 clients 500 each: say so, not 'update alpha'."""
+    with pytest.raises(ValueError) as err:
+        partition_indices("dirichlet", 4, 0, labels, min_partition_size=500)
+    message = str(err.value)
+    assert "data.min_partition_size = 500" in message and "1438" in message
+    assert "4 partitions" in message and "at most 359" in message
+    assert "alpha" not in message
+
+
+@pytest.mark.filterwarnings("ignore:The specified min_partition_size")
+def test_min_partition_size_that_dirichlet_draws_miss_names_the_cause(labels):
+    """Possible on average (4 x 350 <= 1438) but Dirichlet(0.5) draws never meet it."""
+    with pytest.raises(ValueError) as err:
+        partition_indices("dirichlet", 4, 0, labels, alpha=0.5, min_partition_size=350)
+    message = str(err.value)
+    assert "data.min_partition_size = 350" in message and "1438" in message
+    assert "4 partitions" in message and "lower data.min_partition_size" in message
