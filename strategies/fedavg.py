@@ -228,22 +228,31 @@ class FedAvg(FlowerFedAvg):
                        errors: list[int], rejected: list[int]) -> list[int]:
         """Log the nodes that were sent work but did not answer (killed, unplugged, or past
         ``round_timeout``), and stop the run when fewer than ``min_replies`` sound replies
-        remain. Returns the silent nodes."""
+        remain. Returns the nodes counted as silent.
+
+        The SuperLink answers for a node it cannot reach with an error reply from its own
+        node id, naming the node only by ``reply_to_message_id`` (``server.grid.PollingGrid``
+        gives such a reply the node's id). One that still comes from no node sent work is in
+        ``errors`` already and answers for one unanswered node: that node is not also silent."""
         answered = {r.metadata.src_node_id for r in replies}
         missing = [node for node in self.sent_to if node not in answered]
+        unreachable = min(len(missing), sum(
+            1 for r in replies if r.has_error() and r.metadata.src_node_id not in self.sent_to))
+        silent = missing[unreachable:]  # which of `missing` were unreachable, Flower does not say
+        note = f" (the SuperLink reported {unreachable} of them unreachable)" if unreachable else ""
         if missing:
-            log(WARNING, "Round %d: no reply from node(s) %s; going on with %d reply(ies).",
-                server_round, ", ".join(map(str, missing)), sound)
+            log(WARNING, "Round %d: no reply from node(s) %s%s; going on with %d reply(ies).",
+                server_round, ", ".join(map(str, missing)), note, sound)
         need = required_replies(self.min_replies, len(self.sent_to))
         if sound < need or sound == 0:
             raise DropoutError(
                 f"Round {server_round}: only {sound} sound reply(ies) of {len(self.sent_to)} sent, "
                 f"fewer than strategy.min_replies={self.min_replies:g} asks ({need}): "
-                f"silent: {missing or 'none'}; error replies: {errors or 'none'}; rejected as "
+                f"silent: {missing or 'none'}{note}; error replies: {errors or 'none'}; rejected as "
                 f"unusable (reasons logged above): {rejected or 'none'}. Lower "
                 "strategy.min_replies, raise strategy.round_timeout, or look at the nodes named."
             )
-        return missing
+        return silent
 
     def comm_metrics(self, server_round: int, received: int) -> dict[str, int]:
         """Payload bytes of this round and so far; one round = one communication round."""
