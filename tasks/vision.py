@@ -16,6 +16,7 @@ FMNIST_SHAPE = (1, 28, 28)
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # of the training images scaled to [0, 1]
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_ROOT = Path("~/.cache/fedlocal")  # torchvision's download: <root>/FashionMNIST/raw
 FMNIST_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -79,7 +80,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx_folder(path: str) -> Path | None:
-    candidates = [Path(path).expanduser()] if path != "auto" else [DEBIAN_FMNIST]
+    candidates = [Path(path).expanduser()] if path != "auto" else [
+        DEBIAN_FMNIST, DOWNLOAD_ROOT.expanduser()]
     for folder in candidates:
         for sub in (folder, folder / "FashionMNIST" / "raw"):
             if all(_idx_file(sub, name) for name in FMNIST_FILES.values()):
@@ -105,15 +107,23 @@ def _torchvision_download(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
-def load_fmnist(path: str, download: bool) -> TaskData:
-    """Fashion-MNIST from IDX files: data.path, then Debian's package, then torchvision."""
+def locate_fmnist(path: str, download: bool) -> Path:
+    """The folder holding Fashion-MNIST's four IDX files: ``data.path``, or for ``auto``
+    Debian's package, then an earlier download, then (``download``) torchvision's download
+    into ``DOWNLOAD_ROOT``. ``FileNotFoundError`` saying how to get the files otherwise."""
     folder = _find_idx_folder(path)
     if folder is None and path != "auto":
         raise FileNotFoundError(f"data.path = {path!r} holds no Fashion-MNIST IDX files. {FMNIST_HELP}")
     if folder is None:
         if not download:
             raise FileNotFoundError(FMNIST_HELP)
-        folder = _torchvision_download(Path("~/.cache/fedlocal").expanduser())
+        folder = _torchvision_download(DOWNLOAD_ROOT.expanduser())
+    return folder
+
+
+def load_fmnist(path: str, download: bool) -> TaskData:
+    """Fashion-MNIST from IDX files: data.path, then Debian's package, then torchvision."""
+    folder = locate_fmnist(path, download)
     arrays = {key: _read_idx(_idx_file(folder, name)) for key, name in FMNIST_FILES.items()}
     images = IMAGES_FROM_UINT8["fmnist"]
     return TaskData(

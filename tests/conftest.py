@@ -1,7 +1,10 @@
-"""Shared fixtures: Flower's message identity for runtime-free hook tests, data paths."""
+"""Shared fixtures: Flower's message identity for runtime-free hook tests, data paths, and
+the ``fmnist`` marker: a test that needs Fashion-MNIST is skipped, saying why, where the
+data cannot be had (no Debian package, no earlier download, no network)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +36,48 @@ def shakespeare_path() -> str:
     if not SHAKESPEARE.is_file():
         pytest.skip(f"tiny Shakespeare not found at {SHAKESPEARE} (it lives in ../shared/data)")
     return str(SHAKESPEARE)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fmnist: needs Fashion-MNIST (skipped, saying why, where it is not installed, "
+        "not downloaded before and cannot be downloaded)")
+
+
+def fmnist_missing_reason(path: str | None = None) -> str | None:
+    """Why the tests cannot have Fashion-MNIST here, or None when they can: the configured
+    ``data.path`` (``auto``: Debian's dataset-fashion-mnist, then an earlier download),
+    else torchvision's download, tried once."""
+    from tasks.vision import locate_fmnist
+
+    try:
+        locate_fmnist(_fmnist_path() if path is None else path, download=True)
+    except FileNotFoundError as err:
+        return f"Fashion-MNIST is not available: {err}"
+    return None
+
+
+def _fmnist_path() -> str:
+    from conf import load_config
+
+    return load_config({"task.name": "fmnist"}).data.path
+
+
+@functools.cache
+def _fmnist_verdict() -> str | None:
+    return fmnist_missing_reason()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("fmnist") is not None and (reason := _fmnist_verdict()):
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def fmnist_folder() -> Path:
+    """The folder of Fashion-MNIST's four IDX files (the test is skipped without them)."""
+    from tasks.vision import locate_fmnist
+
+    if reason := _fmnist_verdict():
+        pytest.skip(reason)
+    return locate_fmnist(_fmnist_path(), download=True)
