@@ -24,6 +24,7 @@ def run(shakespeare_path, interval: int, **overrides):
     return records
 
 
+@pytest.mark.slow
 def test_clipping_is_what_keeps_the_relu_rnn_finite_and_celgc_tracks_the_baseline(shakespeare_path):
     naive = run(shakespeare_path, 1, **{"strategy.name": "naive_clipping"})
     celgc = run(shakespeare_path, 4, **{"strategy.name": "clipped_fedavg", "train.local_steps": 4})

@@ -89,6 +89,7 @@ def test_check_prints_n_shapes_and_label_histogram(tmp_path, capsys):
     assert "labels: 0:5 1:0 2:0 3:7 4:0" in out
 
 
+@pytest.mark.slow
 def test_check_is_a_module_command_that_fails_with_the_reason(tmp_path):
     path = save_npz(tmp_path / "bad.npz", x=np.zeros((3, 8, 8), np.float32), y=np.arange(3) + 9)
     done = subprocess.run([sys.executable, "-m", "tasks.local_data", "check", str(path),

@@ -49,6 +49,7 @@ def test_one_local_step_has_no_drift():
     assert all(r["gradient_drift_max"] == 0.0 for r in run["records"])
 
 
+@pytest.mark.slow
 def test_table_and_figures_are_written(runs, tmp_path):
     both = list(runs.values())
     assert exp.table(both, 0.5).count("\n") == 3

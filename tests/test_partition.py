@@ -136,6 +136,7 @@ def test_natural_is_deterministic(groups):
 
 
 # ----------------------------------------------------------------------- Dirichlet skew
+@pytest.mark.slow
 def test_dirichlet_skew_grows_as_alpha_falls(labels):
     """Mean TV distance to the global label mix, 10 clients, averaged over seeds 0..2.
     Measured: about 0.036 (alpha=100), 0.33 (alpha=1), 0.69 (alpha=0.1)."""
@@ -190,6 +191,7 @@ def test_natural_puts_every_group_wholly_in_one_client(groups, num_partitions):
     assert all(owners[g] == expected[g] for g in owners)
 
 
+@pytest.mark.slow
 def test_natural_on_shakespeare_roles(shakespeare):
     roles = shakespeare.groups
     parts = all_parts("natural", 10, shakespeare.labels, roles, seed=0)

@@ -33,6 +33,7 @@ def test_plan_runs_fraction_zero_once_without_attack():
     assert len({robustness.key(j) for j in jobs}) == len(jobs)
 
 
+@pytest.mark.slow
 def test_smoke_grid_writes_resumes_and_tabulates(tmp_path, capsys):
     assert robustness.main([*GRID, "--out", str(tmp_path)]) == 0
     path = tmp_path / "results" / "robustness_runs.jsonl"

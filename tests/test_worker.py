@@ -174,6 +174,7 @@ def test_a_worker_that_dies_while_serving_is_retried_then_left_to_the_clientapp(
     assert "the warm worker broke off" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_on_the_next_message(flower_identity, workers):
     message = momentum_round()
     first = client_app.train(message, context(120))
@@ -210,12 +211,14 @@ def exits_and_cleans_up(process: subprocess.Popen, paths: worker.Paths, within: 
     return not any(p.exists() for p in (paths.socket, paths.key, paths.lock, paths.log, paths.pid))
 
 
+@pytest.mark.slow
 def test_a_worker_leaves_when_idle(workers):
     process, paths = start_worker(workers, idle=1.0, parent=os.getpid())
     assert exits_and_cleans_up(process, paths, within=5)
     assert process.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_worker_leaves_when_its_superexec_is_gone_and_refuses_peers_without_its_key(workers):
     superexec = subprocess.Popen(["sleep", "600"])
     process, paths = start_worker(workers, idle=600, parent=superexec.pid)
