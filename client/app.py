@@ -65,3 +65,11 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation of the received model on this client's own data."""
     return handle("evaluate", msg, context)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """A resumed Gossip-PGA run: which graph index (partition-id) this node holds."""
+    from client import handlers
+
+    return handlers.query(msg, context)

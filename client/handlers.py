@@ -106,6 +106,15 @@ def _setup(msg: Message, context: Context):
     return cfg, spec, split, model, partition_id
 
 
+def query(msg: Message, context: Context) -> Message:
+    """A resumed Gossip-PGA run asks each node which graph index (partition-id) it holds."""
+    partition_id = node_partition_id(context)
+    if partition_id is None:
+        raise ValueError("Gossip-PGA places every node on its graph by partition-id, and this "
+                         "SuperNode has none; give every SuperNode a distinct partition-id.")
+    return Message(RecordDict({P.METRICS: MetricRecord({P.PARTITION_ID: partition_id})}), reply_to=msg)
+
+
 def train(msg: Message, context: Context) -> Message:
     """Local training (or, for the naive clipping baseline, one mini-batch gradient)."""
     cfg, spec, split, model, partition_id = _setup(msg, context)

@@ -51,6 +51,16 @@ class RunSection:
         pattern=PLAIN_NAME,
     )
     save_model: bool = opt("Write the final global model to `model.pt`.")
+    checkpoint_every: int = opt(
+        "Write a checkpoint (global model, strategy state, RNG states) to the run folder's "
+        "`checkpoints/` every N completed rounds, and after the last; 0 = never.", ge=0
+    )
+    keep_checkpoints: int = opt("How many of the newest checkpoints to keep.", ge=1)
+    resume: str = opt(
+        "A run folder to continue from its last checkpoint until `run.rounds`, in that "
+        "folder; `none` = a new run. The folder's config must equal this one but for "
+        "`run.rounds`, `run.name`, `run.output_dir` and the `run.*checkpoint*` keys."
+    )
     diagnostics: bool = opt(
         "Record the lazy-regime diagnostics of the global model every round: relative "
         "weight change from the initial model (total and per weight matrix), numerical rank "

@@ -8,6 +8,7 @@ model and evaluation from ``tasks``; the run folder from ``server.results``.
 
 from __future__ import annotations
 
+import time
 from logging import ERROR, INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import tasks
 from conf import load_config, to_flat
+from server.checkpoint import open_resume, rng_state, save_checkpoint, set_rng_state
 from server.grid import PollingGrid
 from server.results import RunFolder
 from strategies import build_strategy
@@ -68,7 +70,14 @@ def main(grid: Grid, context: Context) -> None:
     test_set = data.test if data is not None else tasks.load_test_set(cfg)
     model = tasks.make_model(cfg, spec).to(tasks.pick_device(cfg.train.device))
     loss_fn = tasks.make_loss(cfg, spec)
-    folder = RunFolder(cfg)
+    checkpoint = None
+    if cfg.run.resume != "none":
+        path, checkpoint = open_resume(cfg)
+        folder = RunFolder.resumed(cfg, path, checkpoint)
+        log(INFO, "fedlocal: resuming %s after round %d of %d", folder.path, checkpoint["round"],
+            cfg.run.rounds)
+    else:
+        folder = RunFolder(cfg)
     log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
     connected = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.node_wait)
@@ -101,18 +110,39 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "fedlocal: %s", progress_line(record, cfg.run.rounds))
         return MetricRecord({**test, **diagnostics})
 
+    initial = ArrayRecord(model.state_dict())
+    if checkpoint is not None:
+        initial = ArrayRecord(checkpoint["model"])
+        strategy.load_state_dict(checkpoint["strategy"])
+        set_rng_state(checkpoint["rng"])
+    last_good = {"arrays": initial}
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        last_good["arrays"] = arrays
+        every = cfg.run.checkpoint_every
+        if every and (server_round % every == 0 or server_round == cfg.run.rounds):
+            save_checkpoint(folder.path, server_round, {
+                "round": server_round, "model": arrays.to_torch_state_dict(),
+                "strategy": strategy.state_dict(), "rng": rng_state(),
+                "records": folder.records, "initial": folder.initial,
+                "elapsed": time.perf_counter() - folder.started,
+            }, keep=cfg.run.keep_checkpoints)
+
     try:
         result = strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
+            initial_arrays=initial,
             num_rounds=cfg.run.rounds,
             timeout=cfg.strategy.round_timeout,
             train_config=ConfigRecord(),
             evaluate_fn=central_evaluate,
+            first_round=checkpoint["round"] + 1 if checkpoint is not None else 1,
+            after_round=after_round,
         )
     except Exception as err:  # keep what the run produced, say why it stopped
-        folder.finish(None, error=f"{type(err).__name__}: {err}")
-        log(ERROR, "fedlocal: the run stopped: %s; records so far in %s", err, folder.path)
+        folder.finish(last_good["arrays"].to_torch_state_dict(), error=f"{type(err).__name__}: {err}")
+        log(ERROR, "fedlocal: the run stopped: %s; the last good global model and the records "
+            "so far are in %s", err, folder.path)
         raise
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
     if hasattr(strategy, "node_state"):

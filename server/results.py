@@ -32,7 +32,25 @@ def run_name(cfg, now: datetime | None = None) -> str:
 
 
 class RunFolder:
-    """Creates a fresh folder (never overwrites one) and appends round records to it."""
+    """Creates a fresh folder (never overwrites one) and appends round records to it;
+    ``RunFolder.resumed`` reopens one at a checkpoint."""
+
+    @classmethod
+    def resumed(cls, cfg, path: Path, checkpoint: dict) -> RunFolder:
+        """The folder of a run that continues after ``checkpoint``'s round: its records are
+        the checkpoint's (metrics.jsonl is rewritten to them, so rounds logged after the
+        checkpoint are run again, not duplicated) and its clock continues."""
+        folder = cls.__new__(cls)
+        folder.path, folder.cfg = Path(path), cfg
+        (folder.path / CONFIG_FILE).write_text(to_yaml(cfg))
+        folder.records = [dict(r) for r in checkpoint["records"]]
+        folder.initial = dict(checkpoint["initial"])
+        tmp = folder.path / f".{METRICS_FILE}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in folder.records), encoding="utf-8")
+        tmp.replace(folder.path / METRICS_FILE)
+        folder.started = time.perf_counter() - float(checkpoint["elapsed"])
+        folder.last = time.perf_counter()
+        return folder
 
     def __init__(self, cfg):
         root = Path(cfg.run.output_dir).expanduser()
@@ -94,6 +112,7 @@ class RunFolder:
             "run_dir": str(self.path),
             "status": status,
             "error": error,
+            "last_round": last.get("round", 0),
             "failures": failures,
             "task": self.cfg.task.name,
             "strategy": self.cfg.strategy.name,

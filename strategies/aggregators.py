@@ -176,6 +176,14 @@ class Aggregator:
         """Fewest rows for the rule to tolerate ``settings.byzantine`` bad ones (1 for mean)."""
         return 2 * self.settings.byzantine + 1
 
+    def state_dict(self) -> dict:
+        """What the rule carries from one call to the next (a checkpoint holds it)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got {sorted(state)}.")
+
 
 class Mean(Aggregator, name="mean"):
     def aggregate(self, u, w):
@@ -305,6 +313,13 @@ class BGMD(Aggregator, name="bgmd"):
 
     def reset(self) -> None:
         self.memory = None
+
+    def state_dict(self) -> dict:
+        return {"memory": None if self.memory is None else self.memory.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        memory = state["memory"]
+        self.memory = None if memory is None else np.array(memory, dtype=np.float64)
 
     def aggregate(self, u, w):
         d = u.shape[1]

@@ -74,6 +74,13 @@ class NaiveClipping(FedAvg):
         config[P.MODE] = P.MODE_GRADIENT
         return super().configure_train(server_round, arrays, config, grid)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "buffers": [b.clone() for b in self.buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.buffers = [b.clone() for b in state["buffers"]]
+
     def apply(self, aggregate: np.ndarray, metrics: MetricRecord) -> np.ndarray | None:
         """x <- x - min(eta, gamma / ||g||) (g + wd x), g = the aggregated gradient (with
         the server's momentum), in the model's dtype as the clients would take it."""

@@ -21,16 +21,18 @@ metrics (and kept in ``round_metrics`` for the ServerApp's per-round record).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Iterable
-from logging import ERROR, WARNING
+from collections.abc import Callable, Iterable
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy import Result
 
 from client import protocol as P
 from strategies.aggregators import Aggregator, make_aggregator
@@ -81,6 +83,17 @@ def wait_for_nodes(grid: Grid, at_least: int, timeout: float, poll: float = 1.0)
     return count
 
 
+def canonical_order(sound: dict[int, tuple[Reply, float]]):
+    """The sound replies as ``(node ids, replies, weights, (n, d) rows)``, in the order of a
+    digest of each row's bytes, not of node ids or arrival: the same replies give the same
+    float sums in any run, which a resumed run (new node ids) needs to be bit-exact."""
+    rows = [flat(reply.arrays) for reply, _ in sound.values()]
+    order = sorted(range(len(rows)), key=lambda i: hashlib.blake2b(rows[i].tobytes()).digest())
+    nodes, items = list(sound), list(sound.values())
+    return ([nodes[i] for i in order], [items[i][0] for i in order],
+            np.array([items[i][1] for i in order]), np.stack([rows[i] for i in order]))
+
+
 class DropoutError(RuntimeError):
     """Too few nodes answered a round with a sound reply."""
 
@@ -105,6 +118,7 @@ class FedAvg(FlowerFedAvg):
         self.bytes_sent = 0
         self.bytes_total = 0  # sent + received, all rounds so far
         self.round_metrics: dict[int, dict] = {}  # what aggregate_train returned, by round
+        self.round_timeout: float | None = None  # start()'s timeout, for messages of its own
 
     # ------------------------------------------------------------------ send
     def configure_train(
@@ -176,9 +190,7 @@ class FedAvg(FlowerFedAvg):
         sound, errors, rejected = self.sound_replies(server_round, replies, self.specs,
                                                      self.required_metrics())
         missing = self.check_dropouts(server_round, replies, len(sound), errors, rejected)
-        kept = [reply for reply, _ in sound.values()]
-        weights = np.array([w for _, w in sound.values()])
-        rows = np.stack([flat(reply.arrays) for reply in kept])
+        keys, kept, weights, rows = canonical_order(sound)
         if self.relative:
             rows -= self.x
         if len(kept) < self.aggregator.min_replies():
@@ -187,7 +199,7 @@ class FedAvg(FlowerFedAvg):
                 "this round.", server_round, len(kept), self.aggregator.min_replies(),
                 self.aggregator.name, self.aggregator.settings.byzantine)
         started = time.perf_counter()
-        result = self.aggregator(rows, weights, keys=list(sound))
+        result = self.aggregator(rows, weights, keys=keys)
         seconds = time.perf_counter() - started
         metrics = MetricRecord(weighted_metrics(kept, list(weights), MAX_KEYS))
         metrics.pop(P.PARTITION_ID, None)
@@ -259,3 +271,56 @@ class FedAvg(FlowerFedAvg):
         self.bytes_total += self.bytes_sent + received
         return {"bytes-sent": self.bytes_sent, "bytes-received": received,
                 "bytes-total": self.bytes_total, "comm-rounds": server_round}
+
+    # ------------------------------------------------------------------ checkpoint, loop
+    def state_dict(self) -> dict:
+        """What the strategy needs to continue after its last completed round (plain
+        Python and numpy; ``server.checkpoint`` saves it)."""
+        return {"bytes_total": self.bytes_total, "round_metrics": dict(self.round_metrics),
+                "aggregator": self.aggregator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bytes_total = int(state["bytes_total"])
+        self.round_metrics = dict(state["round_metrics"])
+        self.aggregator.load_state_dict(state["aggregator"])
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              first_round: int = 1,
+              after_round: Callable[[int, ArrayRecord], None] | None = None) -> Result:
+        """Flower's round loop (train, federated evaluation, central evaluation), from
+        ``first_round`` (a resumed run: ``initial_arrays`` is the global model after round
+        ``first_round - 1``, and round 0 is not evaluated again); ``after_round(round,
+        arrays)`` runs when a round is complete (a checkpoint)."""
+        self.round_timeout = timeout
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result, arrays = Result(arrays=initial_arrays), initial_arrays
+        if evaluate_fn is not None and first_round == 1:
+            metrics = evaluate_fn(0, initial_arrays)
+            if metrics is not None:
+                result.evaluate_metrics_serverapp[0] = metrics
+        for current in range(first_round, num_rounds + 1):
+            log(INFO, "[ROUND %s/%s]", current, num_rounds)
+            replies = grid.send_and_receive(
+                messages=self.configure_train(current, arrays, train_config, grid), timeout=timeout)
+            new, metrics = self.aggregate_train(current, replies)
+            if new is not None:
+                result.arrays = arrays = new
+            if metrics is not None:
+                result.train_metrics_clientapp[current] = metrics
+            messages = list(self.configure_evaluate(current, arrays, evaluate_config, grid))
+            if messages:
+                evaluated = self.aggregate_evaluate(
+                    current, grid.send_and_receive(messages=messages, timeout=timeout))
+                if evaluated is not None:
+                    result.evaluate_metrics_clientapp[current] = evaluated
+            if evaluate_fn is not None:
+                metrics = evaluate_fn(current, arrays)
+                if metrics is not None:
+                    result.evaluate_metrics_serverapp[current] = metrics
+            if after_round is not None:
+                after_round(current, arrays)
+        return result

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from types import SimpleNamespace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -105,6 +106,8 @@ class GossipPGA(FedAvg):
             self.layout = flatten(arrays)[1]
             payloads = dict.fromkeys(node_ids, arrays)
         else:
+            if not self.node_of:  # resumed from a checkpoint: node ids are new
+                self._query_indices(server_round, grid)
             payloads = {self.node_of[i]: unflatten(self.X[i], self.layout) for i in self.active}
         messages = [
             Message(
@@ -247,6 +250,43 @@ class GossipPGA(FedAvg):
         self.active = remaining
         log(WARNING, "Gossip-PGA round %d: dropped graph node(s) %s; %d remain, W rebuilt "
             "with Metropolis-Hastings weights.", server_round, missing, len(self.active))
+
+    def _query_indices(self, server_round: int, grid: Grid) -> None:
+        """A resumed run: Flower node ids change across a restart, so every per-node state
+        is kept by graph index, and each connected node is asked (a QUERY message) for its
+        partition-id and placed by it, with the same checks as round 1."""
+        messages = [Message(content=RecordDict({P.CONFIG: ConfigRecord({P.WANT_PARTITION_ID: True}),
+                                                P.RUN_CONFIG: self.run_config}),
+                            message_type=MessageType.QUERY, dst_node_id=node)
+                    for node in self._wait_for_nodes(grid)]
+        by_node = {}
+        for reply in grid.send_and_receive(messages=messages, timeout=self.round_timeout):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise ReplyError(f"an error: {getattr(reply.error, 'reason', reply.error)}")
+                metrics = reply.content.metric_records.get(P.METRICS)
+                if metrics is None or P.PARTITION_ID not in metrics:
+                    raise ReplyError("no partition-id")
+                by_node[node] = SimpleNamespace(metrics=metrics)
+            except Exception as err:  # noqa: BLE001 - a hostile reply may break the decoder
+                log(WARNING, "Rejected the index reply of node %s: %s.", node, err)
+        self._learn_indices(server_round, by_node)
+        self._handle_missing(server_round, by_node)
+
+    def state_dict(self) -> dict:
+        """The node models by graph index, the active indices and the averaging schedule;
+        not the node ids, which a restart changes (``_query_indices``)."""
+        return {**super().state_dict(), "X": None if self.X is None else self.X.copy(),
+                "layout": dict(self.layout), "active": list(self.active),
+                "schedule": dict(vars(self.schedule))}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.X = None if state["X"] is None else np.array(state["X"])
+        self.layout, self.active = dict(state["layout"]), list(state["active"])
+        vars(self.schedule).update(state["schedule"])
+        self.node_of = {}
 
     def node_state(self) -> dict[int, ArrayRecord]:
         """The current model of every active node, by graph index."""

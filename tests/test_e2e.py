@@ -116,4 +116,8 @@ def test_failed_replies_are_reported_and_too_many_fail_the_run(sim, tmp_path):
     assert status == "finished:failed"
     assert "only 1 sound reply(ies) of 4 sent, fewer than strategy.min_replies=0.5 asks (2)" in output
     summary = json.loads((tmp_path / "three" / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["rounds"] == 0
+    assert summary["status"] == "failed" and summary["rounds"] == 0 and summary["last_round"] == 0
+    assert summary["error"].startswith("DropoutError: Round 1: only 1 sound reply")
+    # the last good global model (here the initial one) is kept
+    state = torch.load(tmp_path / "three" / "model.pt")
+    assert state.keys() and all(torch.isfinite(t).all() for t in state.values())
