@@ -73,3 +73,54 @@ def test_a_changed_config_is_refused_by_name(sim, tmp_path):
     assert status == "finished:failed"
     assert "differs from the one" in output and "train.lr (0.05 there, 0.5 now)" in output
     assert [r["round"] for r in records(tmp_path / "r")] == [1]  # untouched
+
+
+def serverapp_pids(flwr_home) -> list[int]:
+    """The ``flwr-serverapp`` processes of the deployment under ``flwr_home`` (from /proc)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"flwr-serverapp" in cmdline and f"FLWR_HOME={flwr_home}".encode() in environ.split(b"\0"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tmp_path):
+    """A loopback deployment of 2 SuperNodes: the ServerApp is killed (SIGKILL) after round 2
+    of 6; a new run with run.resume finishes the same folder on the same SuperNodes, with
+    every round in metrics.jsonl once."""
+    import os
+    import threading
+    import time
+
+    from server.launch import LocalDeployment
+
+    folder = tmp_path / "killed"
+    config = {"run.rounds": 6, "run.output_dir": str(tmp_path), "run.name": "killed"}
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr") as deployment:
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(out=deployment.run(config, timeout=600)),
+                                  daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 300
+        while not [p for p in checkpoints(folder) if p.name >= "round-000002.pt"]:
+            assert time.monotonic() < deadline, "round 2 did not finish in 300 s"
+            time.sleep(0.2)
+        pids = serverapp_pids(deployment.home)
+        assert pids, "no flwr-serverapp process found"
+        for pid in pids:
+            os.kill(pid, 9)
+        status, output = deployment.run({**config, "run.resume": str(folder)}, timeout=600)
+    assert status == "finished:completed", output[-3000:]
+    assert "resuming" in output
+    rounds = [r["round"] for r in records(folder)]
+    assert rounds == [1, 2, 3, 4, 5, 6], rounds
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["last_round"] == 6
+    assert records(folder)[-1]["test_accuracy"] > 0.5
