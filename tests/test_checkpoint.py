@@ -148,3 +148,11 @@ def test_strategy_state_round_trips_through_a_checkpoint(tmp_path, overrides):
         assert fresh.active == [0, 2, 3] and fresh.layout == s.layout
         assert vars(fresh.schedule) == vars(s.schedule) and fresh.schedule.period != s.schedule.initial_period
         assert fresh.node_of == {}  # node ids change across a restart: asked again
+
+
+def test_the_checkpoint_cost_benchmark_measures_the_whole_state():
+    """bench.checkpoint_cost: gossip-digits' checkpoint holds all 16 node models."""
+    from bench.checkpoint_cost import measure
+
+    row = measure("gossip-digits", repeats=2)
+    assert row["checkpoint_bytes"] > 16 * row["model_bytes"] and row["seconds_median"] > 0
