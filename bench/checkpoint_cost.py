@@ -37,8 +37,9 @@ def state_after_a_round(overrides: dict, nodes: int) -> dict:
     cfg = load_config(overrides)
     spec = tasks.task_spec(cfg)
     model = tasks.make_model(cfg, spec)
-    strategy = build_strategy(cfg, ConfigRecord({}), num_nodes=nodes if cfg.strategy.name == "gossip_pga" else None)
-    if cfg.strategy.name == "gossip_pga":
+    gossip = cfg.strategy.name == "gossip_pga"
+    strategy = build_strategy(cfg, ConfigRecord({}), num_nodes=nodes if gossip else None)
+    if gossip:
         d = sum(p.numel() for p in model.state_dict().values())
         strategy.X = np.zeros((nodes, d), np.float32)
         strategy.layout = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}
