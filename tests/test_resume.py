@@ -6,6 +6,7 @@ refused by name."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -38,17 +39,22 @@ def test_three_rounds_then_resumed_to_six_equal_six_rounds_bit_for_bit(sim, tmp_
     base = {"strategy.name": name, "run.output_dir": str(tmp_path), "run.checkpoint_every": 1,
             "train.persist_optimizer_state": False, **STRATEGIES[name]}  # (client state: refused)
     nodes = 4
-    status, output = sim.run({**base, "run.rounds": 6, "run.name": "whole"}, num_supernodes=nodes)
-    assert status == "finished:completed", output[-3000:]
-    status, output = sim.run({**base, "run.rounds": 3, "run.name": "part"}, num_supernodes=nodes)
-    assert status == "finished:completed", output[-3000:]
-    part = tmp_path / "part"
-    assert [p.name for p in checkpoints(part)] == ["round-000003.pt"]  # keep_checkpoints = 1
-    status, output = sim.run({**base, "run.rounds": 6, "run.name": "part", "run.resume": str(part)},
+    status, output = sim.run({**base, "run.rounds": 6, "run.name": "whole", "run.keep_checkpoints": 6},
                              num_supernodes=nodes)
     assert status == "finished:completed", output[-3000:]
-    assert "resuming" in output
-    whole = tmp_path / "whole"
+    # The run stopped after round 3: the whole run's folder as it was then (its round-3
+    # checkpoint is the one a 3-round run writes; one simulation less per strategy).
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    shutil.copytree(whole, part)
+    for later in checkpoints(part)[3:]:
+        later.unlink()
+    for file in ("model.pt", "node_models.pt", "summary.json"):
+        (part / file).unlink(missing_ok=True)
+    assert [p.name for p in checkpoints(part)][-1] == "round-000003.pt"
+    status, output = sim.run({**base, "run.rounds": 6, "run.name": "part", "run.resume": str(part),
+                              "run.keep_checkpoints": 6}, num_supernodes=nodes)
+    assert status == "finished:completed", output[-3000:]
+    assert "resuming" in output and "after round 3 of 6" in output
     files = ["model.pt"] + (["node_models.pt"] if name == "gossip_pga" else [])
     for file in files:
         a, b = torch.load(whole / file), torch.load(part / file)
@@ -65,14 +71,21 @@ def test_three_rounds_then_resumed_to_six_equal_six_rounds_bit_for_bit(sim, tmp_
 
 
 def test_a_changed_config_is_refused_by_name(sim, tmp_path):
+    """Through the ServerApp: the refusal names the key, and the folder is left as it was."""
+    from conf import load_config
+    from server.checkpoint import save_checkpoint
+    from server.results import RunFolder
+
     base = {"run.output_dir": str(tmp_path), "run.name": "r", "run.rounds": 1}
-    status, output = sim.run(base, num_supernodes=2)
-    assert status == "finished:completed", output[-3000:]
-    status, output = sim.run({**base, "run.rounds": 2, "train.lr": 0.5, "run.resume": str(tmp_path / "r")},
+    folder = RunFolder(load_config(base))
+    folder.record_round(1, {"loss": 1.0}, {})
+    save_checkpoint(folder.path, 1, {"round": 1, "records": folder.records, "initial": {}, "elapsed": 1.0})
+    before = (folder.path / "metrics.jsonl").read_text()
+    status, output = sim.run({**base, "run.rounds": 2, "train.lr": 0.5, "run.resume": str(folder.path)},
                              num_supernodes=2)
     assert status == "finished:failed"
     assert "differs from the one" in output and "train.lr (0.05 there, 0.5 now)" in output
-    assert [r["round"] for r in records(tmp_path / "r")] == [1]  # untouched
+    assert (folder.path / "metrics.jsonl").read_text() == before
 
 
 def serverapp_pids(flwr_home) -> list[int]:
