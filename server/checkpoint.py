@@ -103,11 +103,13 @@ def open_resume(cfg) -> tuple[Path, dict]:
     if not found:
         raise ConfigError(f"run.resume: {folder} has no checkpoint (its run had "
                           "run.checkpoint_every=0, or stopped before its first round ended).")
-    if cfg.train.persist_optimizer_state:
-        raise ConfigError("run.resume with train.persist_optimizer_state=true: each client's "
-                          "optimizer state lives in its SuperNode's context.state, which a new run "
-                          "does not have, so the resumed run would not continue the same "
-                          "training. Resume only runs without persisted client state.")
+    if cfg.train.persist_optimizer_state and cfg.train.momentum:
+        raise ConfigError(
+            f"run.resume with train.persist_optimizer_state=true and train.momentum="
+            f"{cfg.train.momentum:g}: each client's momentum buffer lives in its SuperNode's "
+            "context.state, which a new run does not have, so the resumed run would not continue "
+            "the same training. Resume only runs whose clients keep no state (momentum 0, or "
+            "persist_optimizer_state=false).")
     saved = _flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
     differ = config_differences(saved, to_flat(cfg))
     if differ:

@@ -68,7 +68,8 @@ def test_open_resume_refuses_what_cannot_continue_and_names_why(tmp_path):
         ({"run.resume": str(tmp_path / "nope")}, "is not a fedlocal run folder"),
         ({"run.resume": str(path), "train.lr": 0.5}, "train.lr (0.05 there, 0.5 now)"),
         ({"run.resume": str(path), "run.rounds": 2}, "would shorten it"),
-        ({"run.resume": str(path), "train.persist_optimizer_state": True}, "context.state"),
+        ({"run.resume": str(path), "train.persist_optimizer_state": True, "train.momentum": 0.9},
+         "context.state"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

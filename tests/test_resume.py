@@ -37,7 +37,7 @@ def records(run) -> list[dict]:
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_three_rounds_then_resumed_to_six_equal_six_rounds_bit_for_bit(sim, tmp_path, name):
     base = {"strategy.name": name, "run.output_dir": str(tmp_path), "run.checkpoint_every": 1,
-            "train.persist_optimizer_state": False, **STRATEGIES[name]}  # (client state: refused)
+            **STRATEGIES[name]}
     nodes = 4
     status, output = sim.run({**base, "run.rounds": 6, "run.name": "whole", "run.keep_checkpoints": 6},
                              num_supernodes=nodes)
