@@ -16,7 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 import tasks
-from conf import load_config, to_flat
+from conf import ConfigError, load_config, to_flat
 from server.checkpoint import open_resume, rng_state, save_checkpoint, set_rng_state
 from server.grid import PollingGrid
 from server.results import RunFolder
@@ -62,7 +62,8 @@ def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[s
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = load_config(user_overrides(grid, context))
+    overrides = user_overrides(grid, context)
+    cfg = load_config(overrides)
     grid = PollingGrid(grid)  # replies polled every 0.1 s (deployment) / 0.01 s, not 3 s / 0.1 s
     spec = tasks.task_spec(cfg)
     # the training pool only for diagnostics: otherwise the server holds the test set alone
@@ -81,6 +82,10 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "fedlocal: %s on %s, %d rounds; results go to %s",
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
     connected = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.node_wait)
+    try:  # node counts the federation cannot meet, with the nodes connected now (more may come)
+        load_config(overrides, num_nodes=connected)
+    except ConfigError as err:
+        log(WARNING, "fedlocal: with the %d node(s) connected now: %s", connected, err)
     num_nodes = evaluate_nodes = None
     if cfg.strategy.name == "gossip_pga":
         num_nodes = connected

@@ -121,3 +121,13 @@ def test_failed_replies_are_reported_and_too_many_fail_the_run(sim, tmp_path):
     # the last good global model (here the initial one) is kept
     state = torch.load(tmp_path / "three" / "model.pt")
     assert state.keys() and all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_min_replies_above_the_connected_nodes_is_named_before_round_1(sim, tmp_path):
+    """strategy.min_replies=5 on 4 simulated nodes: the ServerApp says so when the nodes are
+    connected, before any training, and round 1 then fails as it must."""
+    status, output = sim.run({"run.rounds": 1, "run.output_dir": str(tmp_path), "run.name": "five",
+                              "strategy.min_replies": 5}, num_supernodes=4)
+    assert status == "finished:failed"
+    warned = output.index("with the 4 node(s) connected now: strategy.min_replies = 5 asks for 5")
+    assert warned < output.index("[ROUND 1/1]")
