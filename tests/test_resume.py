@@ -104,10 +104,11 @@ def serverapp_pids(flwr_home) -> list[int]:
     return pids
 
 
-def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tmp_path):
+@pytest.mark.parametrize("name", ["fedavg", "gossip_pga"])
+def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tmp_path, name):
     """A loopback deployment of 2 SuperNodes: the ServerApp is killed (SIGKILL) after round 2
     of 6; a new run with run.resume finishes the same folder on the same SuperNodes, with
-    every round in metrics.jsonl once."""
+    every round in metrics.jsonl once (Gossip-PGA first asks the nodes their graph index)."""
     import os
     import threading
     import time
@@ -115,7 +116,8 @@ def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tm
     from server.launch import LocalDeployment
 
     folder = tmp_path / "killed"
-    config = {"run.rounds": 6, "run.output_dir": str(tmp_path), "run.name": "killed"}
+    config = {"run.rounds": 6, "run.output_dir": str(tmp_path), "run.name": "killed",
+              "strategy.name": name}
     with LocalDeployment(2, flwr_home=tmp_path / "flwr") as deployment:
         first = {}
         thread = threading.Thread(target=lambda: first.update(out=deployment.run(config, timeout=600)),
@@ -136,4 +138,5 @@ def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tm
     assert rounds == [1, 2, 3, 4, 5, 6], rounds
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["last_round"] == 6
-    assert records(folder)[-1]["test_accuracy"] > 0.5
+    # it trained on (gossip_pga's 6 iterations of 1 local step reach ~0.34 from ~0.1)
+    assert records(folder)[-1]["test_accuracy"] > summary["initial"]["test_accuracy"] + 0.1
