@@ -68,6 +68,13 @@ def test_three_rounds_then_resumed_to_six_equal_six_rounds_bit_for_bit(sim, tmp_
         assert mine["train_loss"] == theirs["train_loss"] and mine["test_loss"] == theirs["test_loss"]
     summary = json.loads((part / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["last_round"] == 6
+    if name == "fedavg":  # a completed run is extended the same way
+        status, output = sim.run({**base, "run.rounds": 7, "run.name": "whole", "run.resume": str(whole),
+                                  "run.keep_checkpoints": 6}, num_supernodes=nodes)
+        assert status == "finished:completed", output[-3000:]
+        assert [r["round"] for r in records(whole)] == [1, 2, 3, 4, 5, 6, 7]
+        assert json.loads((whole / "summary.json").read_text())["last_round"] == 7
+        assert not torch.equal(torch.load(whole / "model.pt")["net.1.weight"], b["net.1.weight"])
 
 
 def test_a_changed_config_is_refused_by_name(sim, tmp_path):
