@@ -134,6 +134,7 @@ def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tm
         while not [p for p in checkpoints(folder) if p.name >= "round-000002.pt"]:
             assert time.monotonic() < deadline, "round 2 did not finish in 300 s"
             time.sleep(0.2)
+        time.sleep(0.5)  # into round 3: its messages are out, its replies not yet in
         pids = serverapp_pids(deployment.home)
         assert pids, "no flwr-serverapp process found"
         for pid in pids:
