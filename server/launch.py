@@ -13,8 +13,10 @@ With ``--deployment`` it starts a SuperLink and N SuperNodes as separate OS proc
 talking gRPC on loopback instead (Flower's Deployment Engine), and stops them all on exit
 or Ctrl-C. Before it starts anything it checks the overrides with the config funnel
 (``conf.load_config``, against ``--num-supernodes`` nodes) and names a bad key, where
-``flwr run`` would only say "Invalid run configuration". Tests use ``LocalSimulation``
-and ``LocalDeployment`` directly.
+``flwr run`` would only say "Invalid run configuration". With ``--ray-address`` the
+simulation joins an existing Ray cluster (Flower's Ray backend calls ``ray.init()``, which
+attaches to ``RAY_ADDRESS``). Tests use ``LocalSimulation`` and ``LocalDeployment``
+directly.
 """
 
 from __future__ import annotations
@@ -353,7 +355,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cpus-per-client", type=int, default=1)
     parser.add_argument("--run-config", default="", help="e.g. \"run.rounds=5 task.name='fmnist'\"")
     parser.add_argument("--flwr-home", default=None, help="default: a temporary folder")
+    parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="simulation on an existing Ray cluster (its head's address, as "
+                             "`ray start --head` prints it): the SuperLink runs with RAY_ADDRESS "
+                             "set, so Flower's Ray backend joins that cluster instead of starting "
+                             "one; every Ray node needs fedlocal, its dependencies and the data")
     args = parser.parse_args(argv)
+    if args.ray_address is not None and args.deployment:
+        parser.error("--ray-address is for the simulation engine; --deployment starts its own "
+                     "SuperNode processes instead")
     try:
         overrides = parse_run_config(args.run_config)
         for warning in check_overrides(overrides, args.num_supernodes, args.deployment):
@@ -366,7 +376,8 @@ def main(argv=None) -> int:
                              warm_worker=args.warm_worker) as deployment:
             status, _ = deployment.run(overrides, echo=True)
     else:
-        with LocalSimulation(args.flwr_home) as sim:
+        env = {"RAY_ADDRESS": args.ray_address} if args.ray_address else None
+        with LocalSimulation(args.flwr_home, env=env) as sim:
             status, _ = sim.run(overrides, args.num_supernodes, args.cpus_per_client, echo=True)
     print(f"run status: {status}")
     return 0 if status == "finished:completed" else 1
