@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from conf import ConfigError, to_flat
+from conf.load import flatten
 
 CHECKPOINT_DIR = "checkpoints"
 # Keys a resumed run may change: how long it runs, where its folder is, and checkpointing.
@@ -76,16 +77,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _flatten(nested: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(saved: dict, requested: dict) -> list[str]:
     """The keys (flat) whose values differ, ignoring ``RESUMABLE_KEYS``."""
     keys = sorted((set(saved) | set(requested)) - set(RESUMABLE_KEYS))
@@ -110,7 +101,7 @@ def open_resume(cfg) -> tuple[Path, dict]:
             "context.state, which a new run does not have, so the resumed run would not continue "
             "the same training. Resume only runs whose clients keep no state (momentum 0, or "
             "persist_optimizer_state=false).")
-    saved = _flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+    saved = flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
     differ = config_differences(saved, to_flat(cfg))
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k, '<missing>')!r} there, "
