@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord
 
 from bench.run import CLIPPED_SHAKESPEARE, FEDAVG_FMNIST, GOSSIP_DIGITS, GOSSIP_NODES
 from conf import load_config
-from server.checkpoint import checkpoints, rng_state, save_checkpoint
+from server.checkpoint import checkpoint_state, checkpoints, save_checkpoint
 
 WORKLOADS = {  # name -> (overrides, nodes)
     "fedavg-fmnist": (FEDAVG_FMNIST, 10),
@@ -45,8 +45,7 @@ def state_after_a_round(overrides: dict, nodes: int) -> dict:
         strategy.layout = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}
     record = {"round": 1, "seconds": 1.0, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": 0.5}
     strategy.round_metrics = {1: dict(record)}
-    return {"round": 1, "model": model.state_dict(), "strategy": strategy.state_dict(),
-            "rng": rng_state(), "records": [record], "initial": record, "elapsed": 1.0}
+    return checkpoint_state(1, model.state_dict(), strategy, [record], record, 1.0)
 
 
 def measure(name: str, repeats: int) -> dict:

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import tasks
 from conf import ConfigError, load_config, to_flat
-from server.checkpoint import open_resume, rng_state, save_checkpoint, set_rng_state
+from server.checkpoint import checkpoint_state, open_resume, save_checkpoint, set_rng_state
 from server.grid import PollingGrid
 from server.results import RunFolder
 from strategies import build_strategy
@@ -126,12 +126,10 @@ def main(grid: Grid, context: Context) -> None:
         last_good["arrays"] = arrays
         every = cfg.run.checkpoint_every
         if every and (server_round % every == 0 or server_round == cfg.run.rounds):
-            save_checkpoint(folder.path, server_round, {
-                "round": server_round, "model": arrays.to_torch_state_dict(),
-                "strategy": strategy.state_dict(), "rng": rng_state(),
-                "records": folder.records, "initial": folder.initial,
-                "elapsed": time.perf_counter() - folder.started,
-            }, keep=cfg.run.keep_checkpoints)
+            state = checkpoint_state(server_round, arrays.to_torch_state_dict(), strategy,
+                                     folder.records, folder.initial,
+                                     time.perf_counter() - folder.started)
+            save_checkpoint(folder.path, server_round, state, keep=cfg.run.keep_checkpoints)
 
     try:
         result = strategy.start(

@@ -57,6 +57,15 @@ def save_checkpoint(folder: str | Path, server_round: int, state: dict, keep: in
     return target
 
 
+def checkpoint_state(server_round: int, model_state: dict, strategy, records: list[dict],
+                     initial: dict, elapsed: float) -> dict:
+    """What a checkpoint holds after round ``server_round`` (module docstring): the global
+    model's ``state_dict``, ``strategy.state_dict()``, the RNG states, the round records and
+    the run's elapsed seconds."""
+    return {"round": server_round, "model": model_state, "strategy": strategy.state_dict(),
+            "rng": rng_state(), "records": records, "initial": initial, "elapsed": elapsed}
+
+
 def load_checkpoint(path: str | Path) -> dict:
     import torch
 
