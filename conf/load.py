@@ -204,12 +204,14 @@ def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
             "strategy.min_available_nodes must be >= strategy.min_train_nodes "
             f"({cfg.strategy.min_available_nodes} < {cfg.strategy.min_train_nodes})."
         )
-    _check_nodes(cfg.strategy, num_nodes)
+    check_nodes(cfg.strategy, num_nodes)
     _check_model_size(cfg)
 
 
-def _check_nodes(s, num_nodes: int | None) -> None:
-    """Node counts: gossip needs a graph, a round needs the replies it asks for."""
+def check_nodes(s, num_nodes: int | None) -> None:
+    """Node counts (``s``: the strategy section): gossip needs a graph, a round needs the
+    replies it asks for. ``load_config(..., num_nodes)`` runs it; the ServerApp runs it again
+    once it knows how many nodes are connected."""
     gossip = s.name == "gossip_pga"
     if s.min_replies >= 1 and s.min_replies != int(s.min_replies):
         raise ConfigError(

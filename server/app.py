@@ -16,7 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 import tasks
-from conf import ConfigError, load_config, to_flat
+from conf import ConfigError, check_nodes, load_config, to_flat
 from server.checkpoint import checkpoint_state, open_resume, save_checkpoint, set_rng_state
 from server.grid import PollingGrid
 from server.results import RunFolder
@@ -62,8 +62,7 @@ def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[s
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    overrides = user_overrides(grid, context)
-    cfg = load_config(overrides)
+    cfg = load_config(user_overrides(grid, context))
     grid = PollingGrid(grid)  # replies polled every 0.1 s (deployment) / 0.01 s, not 3 s / 0.1 s
     spec = tasks.task_spec(cfg)
     # the training pool only for diagnostics: otherwise the server holds the test set alone
@@ -83,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
     connected = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.node_wait)
     try:  # node counts the federation cannot meet, with the nodes connected now (more may come)
-        load_config(overrides, num_nodes=connected)
+        check_nodes(cfg.strategy, connected)
     except ConfigError as err:
         log(WARNING, "fedlocal: with the %d node(s) connected now: %s", connected, err)
     num_nodes = evaluate_nodes = None
