@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from types import SimpleNamespace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -38,7 +37,7 @@ from flwr.serverapp import Grid
 from client import protocol as P
 from strategies.aggregators import Aggregator
 from strategies.fedavg import FedAvg, as_numpy
-from strategies.replies import ArraySpec, ReplyError, as_integer, flat
+from strategies.replies import ArraySpec, Reply, ReplyError, as_integer, flat
 from strategies.schedule import AveragingSchedule, loss_statistic, mix_step, modelled_cost, without_nodes
 from strategies.topology import beta, check_mixing_matrix, consensus_distance
 
@@ -268,7 +267,7 @@ class GossipPGA(FedAvg):
                 metrics = reply.content.metric_records.get(P.METRICS)
                 if metrics is None or P.PARTITION_ID not in metrics:
                     raise ReplyError("no partition-id")
-                by_node[node] = SimpleNamespace(metrics=metrics)
+                by_node[node] = Reply(arrays={}, metrics=dict(metrics))
             except Exception as err:  # noqa: BLE001 - a hostile reply may break the decoder
                 log(WARNING, "Rejected the index reply of node %s: %s.", node, err)
         self._learn_indices(server_round, by_node)
