@@ -17,7 +17,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client import protocol as P
-from client import worker
+from client import transport, worker
+from client.runtime import process_age
 
 app = ClientApp()
 log = logging.getLogger("fedlocal.client")
@@ -39,7 +40,7 @@ def warm_worker_idle(context: Context) -> float:
 
 def handle(kind: str, msg: Message, context: Context) -> Message:
     idle = warm_worker_idle(context)
-    if idle > 0 and worker.supported():
+    if idle > 0 and transport.supported():
         try:
             reply = worker.call(kind, msg, context, idle)
         except worker.WorkerUnavailable as e:
@@ -48,7 +49,7 @@ def handle(kind: str, msg: Message, context: Context) -> Message:
         else:
             if P.PROCESS_SECONDS in reply.content.get(P.METRICS, {}):
                 # the age of this ClientApp process, not of the worker
-                reply.content[P.METRICS][P.PROCESS_SECONDS] = worker.process_age()
+                reply.content[P.METRICS][P.PROCESS_SECONDS] = process_age()
             return reply
     from client import handlers
 

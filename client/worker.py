@@ -14,39 +14,39 @@ message, or as soon as the node's SuperExec (the ClientApp processes' parent) is
   never runs an older FAB's code. Messages to one node are served one at a time.
 - It listens on a Unix socket in a folder only this user may enter
   (``$TMPDIR/fedlocal-workers-<uid>``) and answers only a peer that proves it holds the
-  random key written next to the socket: each side answers the other's random challenge
-  with its HMAC-SHA256 under the key, checked with ``hmac.compare_digest`` (``handshake``).
-  A peer that stays silent for ``PEER_TIMEOUT`` seconds is dropped; a malformed request
-  is answered with an error, and the worker serves on.
+  random key written next to the socket (``client.transport``: each side answers the
+  other's random challenge with its HMAC-SHA256 under the key). A peer that stays silent
+  for ``PEER_TIMEOUT`` seconds is dropped; a malformed request is answered with an error,
+  and the worker serves on.
   Its output goes to ``<id>.log`` in that folder (after every message: whether it uses
   CUDA, when it initialised it, and torch's GPU memory; ``CudaLog``); a worker that exits
   normally, idle or on SIGTERM, removes its files, so a log that stays behind belongs to a
   worker that crashed. ``<id>.pid`` names the worker's process: a worker that starts
   removes the socket, key and pid files of workers whose process is gone (SIGKILL).
 - Nothing received is unpickled: a request and a reply are a few byte strings in a fixed
-  binary frame (``Channel``): the handler's name, then the message, the context and the
-  reply as Flower's own protobufs (``flwr.common.serde``, whose arrays are ``.npy`` bytes
-  read with ``allow_pickle=False``); ``context.state`` (momentum) comes back with the reply.
+  binary frame (``client.transport.Channel``): the handler's name, then the message, the
+  context and the reply as Flower's own protobufs (``flwr.common.serde``, whose arrays are
+  ``.npy`` bytes read with ``allow_pickle=False``); ``context.state`` (momentum) comes back
+  with the reply.
 - If the worker cannot be started or dies while serving (killed, out of memory), the
   ClientApp logs why and runs the message in its own process; an exception raised by the
   training code itself is re-raised, so the message fails exactly as it would without a
   worker. Where there are no Unix sockets (Windows), messages run in the ClientApp's
   process.
+
+The socket, its key and files, the handshake and the frames are ``client.transport``'s;
+this module is what travels over them and the process that answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import os
 import signal
 import socket
-import stat
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -65,6 +65,10 @@ from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from client import transport
+from client.runtime import process_age  # noqa: F401  (client.handlers imports it from here, for now)
+from client.transport import Channel, Paths, ProtocolError, handshake, open_channel
+
 APP_ROOT = Path(__file__).resolve().parents[1]  # the folder holding client/, tasks/, conf/
 START_TIMEOUT = 120.0  # seconds for a new worker to import torch and listen
 PEER_TIMEOUT = 10.0  # seconds the worker waits on a connected peer's next bytes
@@ -80,159 +84,23 @@ class WorkerError(RuntimeError):
     the original exception."""
 
 
-class AuthenticationError(ConnectionError):
-    """The peer did not prove that it holds the worker's key."""
-
-
-class ProtocolError(ValueError):
-    """Bytes that are not a frame of this protocol."""
-
-
-# ---------------------------------------------------------------- the wire
-# Handshake, on connect: worker -> peer HELLO + 32 random bytes (its challenge);
-# peer -> worker HMAC-SHA256(key, b"client" + that challenge) + 32 random bytes (the
-# peer's challenge); worker -> peer HMAC-SHA256(key, b"server" + the peer's challenge).
-# The roles in the MAC keep one side's answer from being replayed as the other's; a
-# failed check closes the connection. Then one request and one reply, each a frame:
-# FRAME, the number of parts (uint32), each part's length (uint64), the parts; big-endian.
-HELLO = b"fedlocal-worker/2"
-FRAME = b"FLW2"
-CHALLENGE = 32
-MAX_PARTS = 8
-MAX_FRAME_BYTES = 2**36  # a sanity bound on what a frame may announce
+# A request: (handler name, message, context); a reply: (OK, content, context.state) or
+# (ERROR, what went wrong, traceback); each part bytes, one frame each way (client.transport).
 OK, ERROR = b"ok", b"error"
-
-
-def _prove(key: bytes, role: bytes, challenge: bytes) -> bytes:
-    return hmac.new(key, HELLO + role + challenge, hashlib.sha256).digest()
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    """``n`` bytes; EOFError if the peer hangs up first."""
-    data = bytearray(n)
-    view, got = memoryview(data), 0
-    while got < n:
-        chunk = sock.recv_into(view[got:], min(n - got, 2**20))
-        if chunk == 0:
-            raise EOFError(f"the peer hung up after {got} of {n} bytes")
-        got += chunk
-    return data
-
-
-def handshake(sock: socket.socket, key: bytes, *, server: bool) -> None:
-    """Prove to the peer that this side holds ``key``, and check that the peer does
-    (see above); raises AuthenticationError, or OSError/EOFError if the peer goes away."""
-    mine = os.urandom(CHALLENGE)
-    if server:
-        sock.sendall(HELLO + mine)
-        answer = _recv_exact(sock, 2 * CHALLENGE)
-        if not hmac.compare_digest(bytes(answer[:CHALLENGE]), _prove(key, b"client", mine)):
-            raise AuthenticationError("the peer does not hold the worker's key")
-        sock.sendall(_prove(key, b"server", bytes(answer[CHALLENGE:])))
-        return
-    hello = _recv_exact(sock, len(HELLO) + CHALLENGE)
-    if hello[: len(HELLO)] != HELLO:
-        raise AuthenticationError("the socket's owner is not a warm worker of this version")
-    sock.sendall(_prove(key, b"client", bytes(hello[len(HELLO):])) + mine)
-    try:
-        proof = _recv_exact(sock, CHALLENGE)
-    except EOFError:
-        raise AuthenticationError("the worker refused this key") from None
-    if not hmac.compare_digest(bytes(proof), _prove(key, b"server", mine)):
-        raise AuthenticationError("the worker did not prove that it holds the key")
-
-
-class Channel:
-    """One authenticated connection; frames of byte strings both ways."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-
-    def send_parts(self, parts: list[bytes]) -> None:
-        head = struct.pack(f"!4sI{len(parts)}Q", FRAME, len(parts), *map(len, parts))
-        self.sock.sendall(head)
-        for part in parts:
-            self.sock.sendall(part)
-
-    def recv_parts(self) -> list[bytes]:
-        """The next frame's parts; ProtocolError if the bytes are not a frame."""
-        magic, count = struct.unpack("!4sI", _recv_exact(self.sock, 8))
-        if magic != FRAME or count > MAX_PARTS:
-            raise ProtocolError(f"not a request frame (starts {magic!r}, {count} parts)")
-        sizes = struct.unpack(f"!{count}Q", _recv_exact(self.sock, 8 * count))
-        if sum(sizes) > MAX_FRAME_BYTES:
-            raise ProtocolError(f"a frame of {sum(sizes)} bytes is over the limit")
-        return [bytes(_recv_exact(self.sock, size)) for size in sizes]
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Channel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def open_channel(socket_path: str | os.PathLike, key: bytes) -> Channel:
-    """An authenticated connection to the worker listening on ``socket_path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(socket_path))
-        handshake(sock, key, server=False)
-    except BaseException:
-        sock.close()
-        raise
-    return Channel(sock)
-
-
-def process_age() -> float:
-    """Seconds since this process started: in a deployment, where Flower starts a fresh
-    ClientApp process per message, the message's whole cost on the node (interpreter,
-    imports, setup, training). From Linux's /proc; 0.0 where there is none."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def supported() -> bool:
-    return hasattr(os, "getuid") and sys.platform != "win32"
 
 
 def worker_dir() -> Path:
     """``$TMPDIR/fedlocal-workers-<uid>``, mode 0700, owned by this user (checked: a folder
     someone else made or opened up is refused rather than used)."""
-    base = Path(tempfile.gettempdir())
-    if len(str(base)) > 60:  # Unix socket paths are limited to ~104 bytes
-        base = Path("/tmp")
-    path = base / f"fedlocal-workers-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise WorkerUnavailable(
-            f"{path} is not a folder that only this user may enter (mode {oct(info.st_mode)}, "
-            f"owner uid {info.st_uid}); remove it or run the node as its owner."
-        )
-    return path
+    try:
+        return transport.private_dir(f"fedlocal-workers-{os.getuid()}")
+    except transport.UnsafeFolderError as e:
+        raise WorkerUnavailable(f"{e}; remove it or run the node as its owner.") from None
 
 
 def worker_id(context: Context) -> str:
     ident = f"{context.run_id}/{context.node_id}/{APP_ROOT}/{sys.executable}"
     return hashlib.sha256(ident.encode()).hexdigest()[:20]
-
-
-class Paths:
-    """Socket, key, lock, log and pid file of one worker."""
-
-    def __init__(self, folder: Path, ident: str):
-        self.socket = folder / f"{ident}.sock"
-        self.key = folder / f"{ident}.key"
-        self.lock = folder / f"{ident}.lock"
-        self.log = folder / f"{ident}.log"
-        self.pid = folder / f"{ident}.pid"
 
 
 def _connect(paths: Paths) -> Channel | None:
@@ -247,9 +115,7 @@ def _connect(paths: Paths) -> Channel | None:
 def _spawn(paths: Paths, idle: float) -> subprocess.Popen:
     paths.socket.unlink(missing_ok=True)
     paths.pid.unlink(missing_ok=True)
-    fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
+    transport.write_key(paths.key)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_ROOT), env.get("PYTHONPATH")) if p)
     with open(paths.log, "ab") as out:
@@ -273,7 +139,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 def connect(context: Context, idle: float) -> Channel:
     """A connection to this node's worker for this run, starting the worker if there is
     none (one start at a time per worker: a file lock)."""
-    import fcntl  # POSIX only, like the worker (see supported())
+    import fcntl  # POSIX only, like the transport (see transport.supported())
 
     paths = Paths(worker_dir(), worker_id(context))
     with open(paths.lock, "w") as lock:
@@ -402,11 +268,11 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
     ClientApp's working directory, which relative paths in the node config
     (``data-path``) are relative to."""
     paths = Paths(Path(socket_path).parent, Path(socket_path).stem)
-    _write_pid(paths)
-    _remove_stale(paths)
+    transport.write_pid(paths)
+    transport.remove_stale(paths)
 
     def terminate(signum, frame):
-        _remove_files(paths, own_only_if_locked=True)
+        transport.remove_files(paths, own_only_if_locked=True)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
@@ -417,10 +283,7 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
     if cwd:
         os.chdir(cwd)
 
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    Path(socket_path).unlink(missing_ok=True)
-    listener.bind(socket_path)
-    listener.listen(16)
+    listener = transport.listen(socket_path)
     busy = threading.Lock()
     last = [time.monotonic()]
 
@@ -428,8 +291,8 @@ def serve(socket_path: str, key: bytes, idle: float, parent: int, cwd: str | Non
         while True:
             time.sleep(0.5)
             with busy:
-                gone = not _alive(parent)
-                if (gone or time.monotonic() - last[0] > idle) and _remove_files(paths):
+                gone = not transport.alive(parent)
+                if (gone or time.monotonic() - last[0] > idle) and transport.remove_files(paths):
                     os._exit(0)
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -475,62 +338,6 @@ class CudaLog:
         lines.append(f"{head} cuda max_memory_allocated {torch.cuda.max_memory_allocated() / mib:.1f} "
                      f"MiB, memory_reserved {torch.cuda.memory_reserved() / mib:.1f} MiB")
         return lines
-
-
-def _remove_files(paths: Paths, own_only_if_locked: bool = False, keep_log: bool = False) -> bool:
-    """Remove the worker's socket, key, pid, lock and log, under its lock so that no
-    ClientApp is starting a worker meanwhile; False (try again later) if one holds the
-    lock, which may be waiting for this worker to answer. ``own_only_if_locked``: then
-    remove the socket, key and pid anyway (this worker is going: the ClientApp will start
-    another). ``keep_log``: leave the log (a crashed worker's)."""
-    import fcntl
-
-    with open(paths.lock, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            if own_only_if_locked:
-                for path in (paths.socket, paths.key, paths.pid):
-                    path.unlink(missing_ok=True)
-            return False
-        for path in (paths.socket, paths.key, paths.pid, paths.log, paths.lock):
-            if not (keep_log and path == paths.log):
-                path.unlink(missing_ok=True)
-    return True
-
-
-def _write_pid(paths: Paths) -> None:
-    partial = paths.pid.with_name(f"{paths.pid.name}.{os.getpid()}")
-    partial.write_text(f"{os.getpid()}\n")
-    os.replace(partial, paths.pid)
-
-
-def _remove_stale(own: Paths) -> None:
-    """Remove the socket, key, pid and lock files of this user's workers whose process is
-    gone (killed with SIGKILL, or by the OOM killer); their logs stay, to say why. A worker
-    that is being started is skipped: its ClientApp holds its lock."""
-    folder = own.pid.parent
-    for pid_file in folder.glob("*.pid"):
-        if pid_file == own.pid:
-            continue
-        try:
-            if pid_file.lstat().st_uid != os.getuid():
-                continue
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if not _alive(pid):
-            _remove_files(Paths(folder, pid_file.stem), keep_log=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv=None) -> None:

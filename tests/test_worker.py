@@ -32,11 +32,11 @@ from flwr.app import Context, RecordDict
 import tasks
 from client import app as client_app
 from client import protocol as P
-from client import worker
+from client import transport, worker
 from conf import load_config
 from tests.test_fedavg import ONE_NODE, setup_round
 
-pytestmark = pytest.mark.skipif(not worker.supported(), reason="warm workers need Unix sockets")
+pytestmark = pytest.mark.skipif(not transport.supported(), reason="warm workers need Unix sockets")
 
 
 @pytest.fixture
@@ -141,14 +141,14 @@ def test_a_worker_that_cannot_start_leaves_the_message_to_the_clientapp(
 
 DIES_SERVING = """
 import os, socket, sys
-from client import worker
+from client import transport
 path, key = sys.argv[1:]
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 listener.bind(path)
 listener.listen()
 peer, _ = listener.accept()
-worker.handshake(peer, open(key, "rb").read(), server=True)
-worker.Channel(peer).recv_parts()
+transport.handshake(peer, open(key, "rb").read(), server=True)
+transport.Channel(peer).recv_parts()
 os._exit(9)  # as if killed, or out of memory, while training
 """
 
@@ -188,9 +188,9 @@ def test_a_killed_worker_is_replaced_on_the_next_message(flower_identity, worker
 
 
 def start_worker(folder: Path, idle: float, parent: int, ident: str = "direct",
-                 peer_timeout: float = worker.PEER_TIMEOUT) -> tuple[subprocess.Popen, worker.Paths]:
+                 peer_timeout: float = worker.PEER_TIMEOUT) -> tuple[subprocess.Popen, transport.Paths]:
     folder.mkdir(mode=0o700, exist_ok=True)
-    paths = worker.Paths(folder, ident)
+    paths = transport.Paths(folder, ident)
     paths.key.write_bytes(os.urandom(32))
     process = subprocess.Popen(
         [sys.executable, "-m", "client.worker", "--socket", str(paths.socket), "--key-file",
@@ -203,7 +203,7 @@ def start_worker(folder: Path, idle: float, parent: int, ident: str = "direct",
     return process, paths
 
 
-def exits_and_cleans_up(process: subprocess.Popen, paths: worker.Paths, within: float) -> bool:
+def exits_and_cleans_up(process: subprocess.Popen, paths: transport.Paths, within: float) -> bool:
     try:
         process.wait(timeout=within)
     except subprocess.TimeoutExpired:
@@ -222,9 +222,9 @@ def test_a_worker_leaves_when_idle(workers):
 def test_a_worker_leaves_when_its_superexec_is_gone_and_refuses_peers_without_its_key(workers):
     superexec = subprocess.Popen(["sleep", "600"])
     process, paths = start_worker(workers, idle=600, parent=superexec.pid)
-    with pytest.raises(worker.AuthenticationError):
-        worker.open_channel(paths.socket, b"not the key")
-    with worker.open_channel(paths.socket, paths.key.read_bytes()):
+    with pytest.raises(transport.AuthenticationError):
+        transport.open_channel(paths.socket, b"not the key")
+    with transport.open_channel(paths.socket, paths.key.read_bytes()):
         pass  # still serving, and the right key gets in
     assert process.poll() is None
     superexec.kill()
@@ -232,21 +232,21 @@ def test_a_worker_leaves_when_its_superexec_is_gone_and_refuses_peers_without_it
     assert exits_and_cleans_up(process, paths, within=5)
 
 
-def exchange(paths: worker.Paths, parts: list[bytes]) -> list[bytes]:
-    with worker.open_channel(paths.socket, paths.key.read_bytes()) as channel:
+def exchange(paths: transport.Paths, parts: list[bytes]) -> list[bytes]:
+    with transport.open_channel(paths.socket, paths.key.read_bytes()) as channel:
         channel.send_parts(parts)
         return channel.recv_parts()
 
 
-def raw_exchange(paths: worker.Paths, data: bytes) -> list[bytes]:
+def raw_exchange(paths: transport.Paths, data: bytes) -> list[bytes]:
     """Authenticate, then send ``data`` as it is (no frame) and read the answer."""
-    with worker.open_channel(paths.socket, paths.key.read_bytes()) as channel:
+    with transport.open_channel(paths.socket, paths.key.read_bytes()) as channel:
         channel.sock.sendall(data)
         return channel.recv_parts()
 
 
-def node_paths(workers: Path, ctx: Context) -> worker.Paths:
-    return worker.Paths(workers, worker.worker_id(ctx))
+def node_paths(workers: Path, ctx: Context) -> transport.Paths:
+    return transport.Paths(workers, worker.worker_id(ctx))
 
 
 class Plant:
@@ -297,7 +297,7 @@ def test_a_silent_peer_is_dropped_and_the_worker_serves_others(flower_identity, 
     expected = client_app.train(message, local)
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(str(paths.socket))  # connects, then says nothing
-    quiet = worker.open_channel(paths.socket, paths.key.read_bytes())  # authenticates, no request
+    quiet = transport.open_channel(paths.socket, paths.key.read_bytes())  # authenticates, no request
     try:
         started_at = time.monotonic()
         answer = exchange(paths, worker.request_parts("train", message, warm))
@@ -307,7 +307,7 @@ def test_a_silent_peer_is_dropped_and_the_worker_serves_others(flower_identity, 
         received = b""
         while chunk := silent.recv(4096):  # the worker's hello, then the end: dropped
             received += chunk
-        assert received.startswith(worker.HELLO)
+        assert received.startswith(transport.HELLO)
         quiet.sock.settimeout(30)
         assert quiet.sock.recv(1) == b""  # dropped too
         assert process.poll() is None
@@ -325,24 +325,24 @@ def test_the_key_check_is_hmac_sha256_both_ways_with_compare_digest(workers, mon
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:  # the documented handshake
             peer.settimeout(30)
             peer.connect(str(paths.socket))
-            hello = worker._recv_exact(peer, len(worker.HELLO) + 32)
-            challenge, mine = bytes(hello[len(worker.HELLO):]), os.urandom(32)
-            answer = hmac.new(key, worker.HELLO + b"client" + challenge, hashlib.sha256).digest()
+            hello = transport.recv_exact(peer, len(transport.HELLO) + 32)
+            challenge, mine = bytes(hello[len(transport.HELLO):]), os.urandom(32)
+            answer = hmac.new(key, transport.HELLO + b"client" + challenge, hashlib.sha256).digest()
             peer.sendall(answer + mine)
-            proof = bytes(worker._recv_exact(peer, 32))
-            assert proof == hmac.new(key, worker.HELLO + b"server" + mine, hashlib.sha256).digest()
+            proof = bytes(transport.recv_exact(peer, 32))
+            assert proof == hmac.new(key, transport.HELLO + b"server" + mine, hashlib.sha256).digest()
         compared, original = [], hmac.compare_digest
 
         def compare_digest(a, b):
             compared.append((len(a), len(b)))
             return original(a, b)
 
-        monkeypatch.setattr(worker.hmac, "compare_digest", compare_digest)
-        with worker.open_channel(paths.socket, key):
+        monkeypatch.setattr(transport.hmac, "compare_digest", compare_digest)
+        with transport.open_channel(paths.socket, key):
             pass
         assert compared == [(32, 32)]  # the worker's proof, checked in constant time
-        with pytest.raises(worker.AuthenticationError, match="refused this key"):
-            worker.open_channel(paths.socket, key[::-1])
+        with pytest.raises(transport.AuthenticationError, match="refused this key"):
+            transport.open_channel(paths.socket, key[::-1])
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -361,7 +361,7 @@ def test_a_new_worker_removes_the_files_of_killed_workers(workers):
     killed.kill()
     killed.wait()
     assert all(p.exists() for p in (old.socket, old.key, old.pid))  # SIGKILL leaves them
-    alive = worker.Paths(workers, "alive")
+    alive = transport.Paths(workers, "alive")
     alive.pid.write_text(f"{os.getpid()}\n")  # a worker whose process is still there
     process, paths = start_worker(workers, idle=600, parent=os.getpid(), ident="new")
     try:
