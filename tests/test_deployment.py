@@ -2,7 +2,7 @@
 that talk gRPC (grpc-rere Fleet API), insecure and with TLS + SuperNode authentication;
 every strategy; a node killed mid-run and restarted; a node without a registered key; a
 node that sends poisoned replies. Each test has its own temporary FLWR_HOME and free ports
-and kills what it started by PID (server.launch.LocalDeployment)."""
+and kills what it started by PID (deploy.launch.LocalDeployment)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from client.train import steps_for
-from server.launch import LocalDeployment
+from deploy.launch import LocalDeployment
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,7 +1,7 @@
 """End-to-end: the app in Flower's simulation engine on a private SuperLink.
 
 Each run uses a temporary FLWR_HOME and free ports; the SuperLink's process group is
-killed by PID when the module finishes (server.launch.LocalSimulation).
+killed by PID when the module finishes (deploy.launch.LocalSimulation).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from server.launch import LocalSimulation
+from deploy.launch import LocalSimulation
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""server.launch without starting anything: launch settings and SuperNode command lines."""
+"""deploy.launch without starting anything: launch settings and SuperNode command lines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from server.launch import LocalDeployment, deployment_env, toml_value
+from deploy.launch import LocalDeployment, deployment_env, toml_value
 
 
 def test_deployment_env_splits_the_cores_and_defers_to_the_caller(monkeypatch):
@@ -46,7 +46,7 @@ def test_toml_values():
 
 def _no_runtime(monkeypatch):
     """Make starting a Flower runtime an error: a check must stop the launcher first."""
-    import server.launch as launch
+    import deploy.launch as launch
 
     def refuse(*args, **kwargs):
         raise AssertionError("the launcher started a runtime for a bad config")

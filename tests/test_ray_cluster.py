@@ -1,6 +1,6 @@
 """Flower's simulation on an existing Ray cluster: a local Ray head plus a second Ray node on
 this machine (each with its own temp dir, loopback only, stopped by killing its process
-group), joined by ``python -m server.launch --ray-address``; the run's ClientApp actors
+group), joined by ``python -m deploy.launch --ray-address``; the run's ClientApp actors
 land on both Ray nodes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from server.launch import free_port, main
+from deploy.launch import free_port, main
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")]

@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
+from deploy.launch import LocalSimulation
 from server.checkpoint import checkpoints
-from server.launch import LocalSimulation
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_a_serverapp_killed_mid_run_resumes_with_the_supernodes_still_running(tm
     import threading
     import time
 
-    from server.launch import LocalDeployment
+    from deploy.launch import LocalDeployment
 
     folder = tmp_path / "killed"
     config = {"run.rounds": 6, "run.output_dir": str(tmp_path), "run.name": "killed",

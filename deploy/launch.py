@@ -7,7 +7,7 @@ dependency installation off, under ``FLWR_HOME`` (a temporary folder unless give
 runs ``flwr run <app> --stream``, checks the run's final status (``--stream`` can exit
 0 for a failed run) and kills the SuperLink's whole process group by its PID::
 
-    python -m server.launch --num-supernodes 10 --run-config "run.rounds=5 train.lr=0.1"
+    python -m deploy.launch --num-supernodes 10 --run-config "run.rounds=5 train.lr=0.1"
 
 With ``--deployment`` it starts a SuperLink and N SuperNodes as separate OS processes
 talking gRPC on loopback instead (Flower's Deployment Engine), and stops them all on exit
@@ -38,7 +38,7 @@ from typing import Self
 from conf.load import ConfigError, load_config, parse_run_config
 
 APP_DIR = Path(__file__).resolve().parents[1]
-CERTS_SCRIPT = APP_DIR / "deploy" / "certs.sh"
+CERTS_SCRIPT = Path(__file__).with_name("certs.sh")
 CONNECTION = "fedlocal-sim"
 
 
