@@ -1,4 +1,4 @@
-"""``server.plot`` on small synthetic run folders with known numbers."""
+"""``results.plot`` on small synthetic run folders with known numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.plot import curves, figure, main, plot_runs, title_for
+from results.plot import curves, figure, main, plot_runs, title_for
 from server.results import CONFIG_FILE, METRICS_FILE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +155,7 @@ def test_main_reports_an_unknown_metric(cls_run, capsys):
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = "import sys, server.plot; print('matplotlib' in sys.modules)"
+    code = "import sys, results.plot; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"

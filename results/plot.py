@@ -5,7 +5,7 @@ a plot can be redrawn at any time without rerunning anything::
 
     fedlocal-plot outputs/RUN                         # -> outputs/RUN/curves.png
     fedlocal-plot outputs/A outputs/B --x bytes --log-y --out cmp.png
-    python -m server.plot outputs/A --metrics test_accuracy,clip_fraction
+    python -m results.plot outputs/A --metrics test_accuracy,clip_fraction
 
 ``curves()`` holds the numbers (tested exactly), ``figure()`` draws them (on an Agg canvas, without
 pyplot), ``plot_runs()`` writes the PNG. matplotlib is imported inside the functions.
