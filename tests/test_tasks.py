@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 import tasks
-from client.train import local_train
 from conf import load_config
 from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION
 from tasks.vision import _idx_file, _read_idx, load_fmnist
+from tests.helpers import train_steps
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
 SEQ_LEN, VOCAB = 80, 96
@@ -82,7 +82,7 @@ def test_one_sgd_step_lowers_the_loss_on_a_fixed_batch(case):
     model, loss_fn = tasks.make_model(cfg, data), tasks.make_loss(cfg, data)
     with torch.no_grad():
         before = float(loss_fn(model(batch.x), batch.y))
-    result = local_train(model, batch, loss_fn, steps=1, batch_size=len(batch), lr=CASES[case][1])
+    result = train_steps(model, batch, loss_fn, steps=1, batch_size=len(batch), lr=CASES[case][1])
     with torch.no_grad():
         after = float(loss_fn(model(batch.x), batch.y))
     assert result.loss == pytest.approx(before, rel=1e-5)  # the loss before its update
