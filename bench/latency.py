@@ -44,7 +44,9 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from bench.run import DOC, RESULTS, git_commit, log, percentile
+from bench.common import DOC, RESULTS, log
+from bench.procmem import percentile
+from bench.report import git_commit
 from server.launch import LocalDeployment
 
 NOOP_APP = Path(__file__).resolve().parent / "noop_app"

@@ -263,8 +263,8 @@ class TreeMemory:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolation percentile (numpy's default), None for no values (also
-    bench.run's)."""
+    """Linear-interpolation percentile (numpy's default), None for no values (the
+    benchmark's)."""
     ordered = sorted(values)
     if not ordered:
         return None

@@ -3,7 +3,7 @@
     pip install py-spy
     python -m bench.profile --rounds 8 --clients 10
 
-Runs the fedavg-fmnist workload of ``bench.run`` on a private SuperLink and, once the
+Runs the fedavg-fmnist workload of ``bench.fedavg_compare`` on a private SuperLink and, once the
 first round is recorded (start-up excluded), attaches ``py-spy record`` to the ServerApp
 process (``flwr-simulation``) and to every Ray ``ClientAppActor``. It then prints, per
 process kind, the share of samples spent inside a few named functions (inclusive) and
@@ -28,8 +28,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench.common import REPO, RESULTS
+from bench.fedavg_compare import FEDAVG_FMNIST
 from bench.procmem import descendants
-from bench.run import FEDAVG_FMNIST, REPO, RESULTS
 
 # (label, function, file): inclusive sample shares reported for these. py-spy names a
 # frame "function (path:line)", with the path relative to its sys.path entry, so the app's

@@ -1,9 +1,19 @@
-"""bench.run's command line: only a complete run of this repository may rewrite the
-"Latest results" block of docs/benchmarks.md."""
+"""The benchmark's command lines and report, without running a benchmark: only a complete
+run of this repository may rewrite the "Latest results" block of docs/benchmarks.md, every
+job has a command of its own, and the jobs, ``bench.run`` and ``bench.report`` turn
+synthetic systems into the report files."""
 
 from __future__ import annotations
 
-from bench.run import WORKLOADS, parse_args
+import json
+import re
+
+import pytest
+
+from bench import clipped_compare, fedavg_compare, gossip_compare, run, scaling
+from bench.common import DOC
+from bench.run import JOBS, WORKLOADS, parse_args
+from bench.systems import round_stats
 
 
 def test_only_a_complete_run_updates_the_docs(tmp_path):
@@ -12,3 +22,89 @@ def test_only_a_complete_run_updates_the_docs(tmp_path):
     assert parse_args(["--workloads", "gossip-digits"]).no_docs is True  # a partial run
     assert parse_args(["--no-baseline"]).no_docs is True
     assert parse_args(["--app-dir", str(tmp_path)]).no_docs is True
+
+
+def test_every_job_has_a_command_of_its_own():
+    for job in JOBS:
+        args = parse_args([], workload=job.NAME)
+        assert args.workloads == [job.NAME]
+        assert args.no_docs is True  # one job is a partial run
+    assert parse_args(["--gossip-rounds", "4"], workload="gossip-digits").gossip_rounds == 4
+    with pytest.raises(SystemExit):  # scaling has no deployment, nor another job's options
+        parse_args(["--deployment"], workload="scaling-fmnist")
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "3"], workload="gossip-digits")
+    assert parse_args(["--pure-threads", "2"]).engine_threads == 2  # the older name
+
+
+def _system(first: float, rest: float, n: int = 3, **extra) -> dict:
+    """A system's result with ``n`` rounds: the first, then ``rest`` growing 1 % a round."""
+    seconds = [first] + [rest * (1 + 0.01 * i) for i in range(n - 1)]
+    return {**round_stats(seconds, 512), "startup": 2.0, "wall": 9.0, "final_test_accuracy": 0.8,
+            "memory": {"peak_rss_mb": 1000.0, "peak_pss_mb": 800.0, "max_processes": 12,
+                       "rss_mb_at_peak_by_process": {"flwr-simulation": 900.0}}, **extra}
+
+
+def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch):
+    """Every system runner returns a synthetic result: the jobs' own ``run`` (ratios,
+    targets), their markdown, ``bench.run.main`` and its result files, in well under a
+    second of work."""
+    engine = lambda *a, **k: _system(1.0, 0.5, examples_per_round=[512] * 3)
+    simulation = lambda *a, **k: _system(8.0, 0.6)
+    deployment = lambda args, overrides, clients, rounds, examples: _system(
+        50.0, 12.0, n=rounds, rounds=rounds, supernodes=clients,
+        env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+    for job in (fedavg_compare, gossip_compare, clipped_compare):
+        monkeypatch.setattr(job, "run_fedlocal", simulation)
+        monkeypatch.setattr(job, "run_deployment_warm", deployment)
+        monkeypatch.setattr(job, "deployment_available", lambda: True)
+    for job in (gossip_compare, clipped_compare):
+        monkeypatch.setattr(job, "run_engine_reference", lambda *a, **k: _system(0.1, 0.05))
+    monkeypatch.setattr(fedavg_compare, "run_engine", engine)
+    monkeypatch.setattr(fedavg_compare, "run_quickstart_baseline", lambda *a, **k: _system(9.0, 3.0))
+    monkeypatch.setattr("bench.baseline_data.prepare", lambda path: None)
+    monkeypatch.setattr(scaling, "run_engine", engine)
+    monkeypatch.setattr(scaling, "run_fedlocal", simulation)
+    # what bench.gpu_check patches (no git on the device), and no torch import here
+    monkeypatch.setattr(run, "git_commit", lambda: "test-commit")
+    monkeypatch.setattr(run, "machine", lambda: {"cpus": 2, "cpu_model": "test", "gpu": None,
+                                                 "torch": "t", "flwr": "f"})
+    monkeypatch.setattr(run, "clientapp_startup", lambda: {
+        "import flwr-clientapp runtime + client.app": {"wall": 1.2, "cpu": 1.1, "max_rss_mb": 600.0}})
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)  # main changes into the repository; this changes back
+    shakespeare = tmp_path / "input.txt"
+    shakespeare.write_text("to be or not to be\n")
+    doc = DOC.read_text()
+
+    assert run.main(["--no-docs", "--deployment", "--rounds", "3", "--scaling-clients", "10,100",
+                     "--scaling-rounds", "3", "--gossip-rounds", "3", "--shakespeare-rounds", "3",
+                     "--shakespeare", str(shakespeare)]) == 0
+
+    assert DOC.read_text() == doc
+    files = {p.suffix: p for p in (tmp_path / "results").iterdir()}
+    assert sorted(files) == [".json", ".md", ".png"]  # png: scaling's plot
+    report = json.loads(files[".json"].read_text())
+    assert report["meta"]["commit"] == "test-commit"
+    assert list(report["workloads"]) == list(WORKLOADS)
+    fed = report["workloads"]["fedavg-fmnist"]
+    assert set(fed["systems"]) == {"engine", "simulation", "deployment_warm",
+                                   "quickstart_baseline", "engine_again"}
+    assert fed["engine_median"] == pytest.approx(0.5025)  # rounds 2-3 of both engine runs
+    assert fed["ratios"]["simulation_over_engine"] == pytest.approx(0.603 / 0.5025)
+    assert fed["targets"] == {"simulation_within_1.3x_engine": True,
+                              "fedlocal_2x_faster_than_quickstart_baseline": True}
+    gossip = report["workloads"]["gossip-digits"]
+    assert set(gossip["systems"]) == {"engine", "simulation", "simulation_eval_nodes",
+                                      "deployment_warm"}
+    assert gossip["targets"] == {"simulation_within_3x_engine": False}
+    assert report["workloads"]["scaling-fmnist"]["targets"]["100_clients_under_4GB_rss"] is True
+
+    md = files[".md"].read_text()
+    for heading in ("### fedavg-fmnist", "### scaling-fmnist", "### gossip-digits",
+                    "### clipped-shakespeare", "### deployment_warm: what a fresh ClientApp"):
+        assert heading in md
+    assert "simulation/engine = **1.20x** (target ≤ 1.3x: met)" in md
+    assert "| engine_again: pure compute, again (after quickstart_baseline) | 0.502 |" in md
+    assert "Per-round seconds: engine 0.100, 0.050, 0.051; simulation 8.000" in md
+    assert not re.search(r"\((a|a2|b|b'|c|d)\)|\b(b_eval|a2)\b", md)  # the old letters

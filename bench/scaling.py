@@ -1,0 +1,143 @@
+"""Scaling (workload ``scaling-fmnist``): fedlocal in Flower's simulation engine with more
+and more clients, next to the same sampled clients without Flower.
+
+    python -m bench.scaling [--scaling-clients 10,100,1000] [--scaling-rounds 5] [--quick]
+
+FedAvg on Fashion-MNIST as ``bench.fedavg_compare``, but IID and with 10 % of the clients
+sampled per round: for every ``--scaling-clients`` count, ``simulation`` (fedlocal in the
+simulation engine) and ``engine`` (pure compute of the same number of sampled clients).
+Target: 100 simulated clients under 4 GB peak memory. A full ``python -m bench.run`` also
+draws docs/figures/scaling.png (``plot``); alone it writes ``bench/results/<timestamp>.json``,
+``.md`` and ``-scaling.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from bench.common import REPO, log, with_device
+from bench.report import breakdown, fmt
+from bench.systems import run_engine, run_fedlocal
+
+NAME = "scaling-fmnist"
+QUICK = "scaling at 100 clients only with 2 rounds"
+DEPLOYMENT = False
+FIGURE = REPO / "docs" / "figures" / "scaling.png"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--scaling-clients", default=None,
+                        help="comma-separated client counts (default 10,100,1000; quick 100)")
+    parser.add_argument("--scaling-rounds", type=int, default=None,
+                        help="rounds per scaling point (default 5; quick 2)")
+
+
+def finish_args(args, parser) -> None:
+    args.scaling_rounds = args.scaling_rounds or (2 if args.quick else 5)
+    clients = args.scaling_clients or ("100" if args.quick else "10,100,1000")
+    args.scaling_clients = [int(c) for c in clients.split(",") if c.strip()]
+    if args.scaling_rounds < 2:
+        parser.error("--scaling-rounds must be >= 2 (the first round is start-up)")
+
+
+def run(args) -> dict:
+    overrides = with_device(args, {"task.name": "fmnist", "train.local_epochs": 1,
+                                   "data.partition": "iid", "run.seed": 0,
+                                   "strategy.fraction_train": 0.1, "strategy.weighting": "examples"})
+    points = []
+    for clients in args.scaling_clients:
+        min_nodes = max(1, clients // 10)
+        config = {**overrides, "strategy.min_train_nodes": min_nodes,
+                  "strategy.min_available_nodes": clients}
+        log(f"scaling: {clients} clients, {min_nodes} sampled per round, {args.scaling_rounds} rounds")
+        engine = run_engine(config, clients, args.scaling_rounds, args.engine_threads,
+                            fraction=0.1, min_nodes=min_nodes)
+        examples = round(sum(engine["examples_per_round"]) / len(engine["examples_per_round"]))
+        sim = run_fedlocal(config, clients, args.scaling_rounds, examples, args.app_dir)
+        log(f"    simulation median {sim['median']:.3f} s/round, engine {engine['median']:.3f}, "
+            f"peak RSS {sim['memory']['peak_rss_mb']:.0f} MB")
+        points.append({"clients": clients, "sampled": min_nodes, "simulation": sim,
+                       "engine": engine, "ratio": sim["median"] / engine["median"]})
+    result = {"rounds": args.scaling_rounds, "config": overrides, "points": points}
+    hundred = next((p for p in points if p["clients"] == 100), None)
+    if hundred is not None:
+        result["targets"] = {
+            "100_clients_under_4GB_rss": hundred["simulation"]["memory"]["peak_rss_mb"] < 4096,
+            "100_clients_under_4GB_pss": hundred["simulation"]["memory"]["peak_pss_mb"] < 4096,
+        }
+    return result
+
+
+def markdown(report: dict, scale: dict) -> list[str]:
+    lines = [
+        f"### scaling-fmnist: 10 % of the clients per round, IID, 1 local epoch, "
+        f"{scale['rounds']} rounds",
+        "",
+        "| clients | sampled per round | simulation round s (median) | "
+        "simulation round s (p90) | engine round s | simulation / engine | first round s | "
+        "start-up s | peak RSS MB | peak PSS MB | processes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in scale["points"]:
+        sim, mem = p["simulation"], p["simulation"]["memory"]
+        lines.append(
+            f"| {p['clients']} | {p['sampled']} | {fmt(sim['median'], 3)} | "
+            f"{fmt(sim['p90'], 3)} | {fmt(p['engine']['median'], 3)} | {p['ratio']:.2f}x | "
+            f"{fmt(sim['first_round'])} | {fmt(sim['startup'])} | {mem['peak_rss_mb']:.0f} | "
+            f"{mem['peak_pss_mb']:.0f} | {mem['max_processes']} |"
+        )
+    if "targets" in scale:
+        t = scale["targets"]
+        hundred = next(p for p in scale["points"] if p["clients"] == 100)["simulation"]
+        lines += ["", f"100 simulated clients: peak RSS {hundred['memory']['peak_rss_mb']:.0f} MB, "
+                  f"PSS {hundred['memory']['peak_pss_mb']:.0f} MB (target < 4096 MB: RSS "
+                  f"{'met' if t['100_clients_under_4GB_rss'] else 'not met'}, PSS "
+                  f"{'met' if t['100_clients_under_4GB_pss'] else 'not met'}). At the peak, "
+                  "by process (RSS MB): " + breakdown(hundred) + "."]
+    lines.append("")
+    return lines
+
+
+def plot(scale: dict, path: Path) -> None:
+    """Seconds per round against the number of clients, simulation and engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = scale["points"]
+    clients = [p["clients"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, key, marker in (("simulation: fedlocal, Flower's simulation engine", "simulation", "o"),
+                               ("engine: pure compute (same sampled clients)", "engine", "s")):
+        med = [p[key]["median"] for p in points]
+        low = [m - p[key]["min"] for m, p in zip(med, points)]
+        high = [p[key]["max"] - m for m, p in zip(med, points)]
+        ax.errorbar(clients, med, yerr=[low, high], marker=marker, capsize=3, label=label)
+        if key == "simulation":
+            for c, m, p in zip(clients, med, points):
+                ax.annotate(f"{p['simulation']['memory']['peak_rss_mb'] / 1024:.1f} GB RSS", (c, m),
+                            textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_xlabel("clients (10 % sampled per round)")
+    ax.set_ylabel("seconds per round (median; bars: min–max)")
+    ax.set_title(f"FedAvg, Fashion-MNIST MLP, IID, 1 local epoch ({os.cpu_count()} cores)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from bench.run import main as run_main
+
+    return run_main(argv, workload=NAME)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
