@@ -86,7 +86,7 @@ def run(args) -> dict:
     log(f"    median {systems['simulation']['median']:.3f} s/round")
     if not deployment_available():
         systems["deployment_warm"] = {
-            "available": False, "note": "not available (no server.launch.LocalDeployment)"}
+            "available": False, "note": "not available (no deploy.launch.LocalDeployment)"}
     elif not args.deployment:
         systems["deployment_warm"] = {"available": False, "note": "not measured (add --deployment)"}
     else:

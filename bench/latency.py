@@ -13,7 +13,7 @@ parameter model and 2 and 4 SuperNodes, under two launch settings:
 ``cold``
     fedlocal's launch settings without patching Flower: replies polled every 0.1 s
     (``server.grid.PollingGrid``), ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``,
-    ``OMP_NUM_THREADS`` = cores / SuperNodes (``server.launch.deployment_env``), but every
+    ``OMP_NUM_THREADS`` = cores / SuperNodes (``deploy.launch.deployment_env``), but every
     message still imports torch and builds the model in its own ClientApp process
     (node config ``warm-worker=0``).
 ``tuned``
@@ -47,7 +47,7 @@ from pathlib import Path
 from bench.common import DOC, RESULTS, log
 from bench.procmem import percentile
 from bench.report import git_commit
-from server.launch import LocalDeployment
+from deploy.launch import LocalDeployment
 
 NOOP_APP = Path(__file__).resolve().parent / "noop_app"
 BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"

@@ -83,7 +83,7 @@ def parse_args(argv=None, workload: str | None = None):
     if any(job.DEPLOYMENT for job in jobs):
         parser.add_argument("--deployment", action="store_true",
                             help="also measure deployment_warm, fedlocal on "
-                            "server.launch.LocalDeployment (a SuperLink and one SuperNode process "
+                            "deploy.launch.LocalDeployment (a SuperLink and one SuperNode process "
                             "per client, each with a warm worker; slow: every message still "
                             "starts a ClientApp process)")
         parser.add_argument("--deployment-rounds", type=int, default=None,

@@ -1,11 +1,11 @@
 """Run any Flower app (fedlocal or the quickstart-style baseline) on a private Flower
 runtime, timing the run and sampling the memory of its process tree.
 
-``server.launch.LocalSimulation`` (and ``LocalDeployment``, where the checkout has it)
+``deploy.launch.LocalSimulation`` (and ``LocalDeployment``, where the checkout has it)
 start and stop the SuperLink (and SuperNodes), each a process group killed by PID; their
 ``run()`` always runs the fedlocal repository, so ``AppSimulation`` / ``AppDeployment``
 add ``run_app(app_dir, ...)`` for any app folder. Only the start and stop are borrowed
-from ``server.launch``; running and checking the app is done here.
+from ``deploy.launch``; running and checking the app is done here.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import server.launch as launch
+import deploy.launch as launch
 from bench.procmem import TreeMemory
-from server.launch import CONNECTION, LocalSimulation, run_status, toml_value
+from deploy.launch import CONNECTION, LocalSimulation, run_status, toml_value
 
 
 @dataclass

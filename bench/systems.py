@@ -15,7 +15,7 @@ the JSON, the tables and the logs):
     ``simulation_eval_nodes``: gossip-digits with ``strategy.evaluate_nodes=true``.
 ``deployment_warm``
     fedlocal on the local deployment (``--deployment`` only):
-    ``server.launch.LocalDeployment``, a SuperLink and one SuperNode process per client
+    ``deploy.launch.LocalDeployment``, a SuperLink and one SuperNode process per client
     over gRPC on loopback, where every ClientApp message runs in a fresh
     ``flwr-clientapp`` process that hands it to the node's warm worker (``client.worker``;
     a worker counts as its SuperExec's child in the process accounting). A deployed
@@ -192,7 +192,7 @@ def run_fedlocal(overrides: dict, clients: int, rounds: int, examples: int | Non
 
 
 def deployment_available() -> bool:
-    """Whether this checkout has ``server.launch.LocalDeployment`` for deployment_warm."""
+    """Whether this checkout has ``deploy.launch.LocalDeployment`` for deployment_warm."""
     from bench.simulation import deployment_available as available
 
     return available()
