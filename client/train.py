@@ -4,14 +4,17 @@ Each local step t on a client (plain SGD with optional momentum, weight decay an
 local gradient clipping of CELGC, Liu, Zhuang, Lei, Liao, NeurIPS 2022)::
 
     g     = grad f(x; xi_t)                       # raw mini-batch gradient, all parameters
+    g     = g + mu * (x - x_0)     if mu > 0      # FedProx's proximal term (Li et al. 2020)
     d     = g + wd * x                            # weight decay joins the direction
-    buf   = mu * buf + d ;  d = buf               # momentum (buf starts at d), if mu > 0
+    buf   = m * buf + d ;  d = buf                # momentum m (buf starts at d), if m > 0
     eta_t = min(eta, gamma / ||g||)  if clipping  # ||g||: one global norm of the raw g
             eta                      otherwise
     x     = x - eta_t * d
 
-Clipping with ``gamma`` is the same as clipping g to norm ``c = gamma / eta`` and then
-stepping with ``eta`` (when momentum = wd = 0). With ``drift_every = k > 0`` the loop also
+What the loop does in a round (eta, gamma, mu, steps, ...) is one ``RoundSettings``
+(``algorithms.settings.round_settings(cfg, round)``). Clipping with ``gamma`` is the same
+as clipping g to norm ``c = gamma / eta`` and then stepping with ``eta`` (when
+momentum = wd = 0). With ``drift_every = k > 0`` the loop also
 measures Local SGD's gradient drift (Deng, Kamani, Mahdavi, AISTATS 2022)::
 
     drift = max_{t < steps, k | t} ||grad F(x_t) - grad F(x_0)|| / ||grad F(x_0)||
@@ -24,13 +27,13 @@ seeded generator: the same seed gives the same batches.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from algorithms.settings import RoundSettings
 from tasks.base import Split
 from tasks.diagnostics import drift, full_gradient
 
@@ -49,13 +52,6 @@ class LocalResult:
     # sampled steps: (||g(x_t)||, ||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||), same batch
     smoothness: list[tuple[float, float]] = field(default_factory=list)
     drift: float | None = None  # max relative gradient drift (drift_every > 0), else None
-
-
-def steps_for(num_examples: int, batch_size: int, local_steps: int, local_epochs: int) -> int:
-    """Optimizer steps in one round: ``local_epochs`` passes if set, else ``local_steps``."""
-    if local_epochs > 0:
-        return local_epochs * math.ceil(num_examples / min(batch_size, num_examples))
-    return local_steps
 
 
 def round_seed(*parts: int) -> int:
@@ -119,48 +115,49 @@ def local_train(
     model: torch.nn.Module,
     data: Split,
     loss_fn,
+    settings: RoundSettings,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    clip_gamma: float | None = None,
     momentum_buffers: list[torch.Tensor] | None = None,
     seed: int = 0,
-    smoothness_every: int = 0,
-    drift_every: int = 0,
 ) -> LocalResult:
-    """Run ``steps`` local steps on ``data`` (a client's partition) and update ``model``.
+    """Run this round's local steps (``settings.steps(len(data))``) on ``data`` (a client's
+    partition) and update ``model``.
 
-    ``clip_gamma`` switches on CELGC's clipped step; ``momentum_buffers`` (from the
-    previous round, on the model's device) continue the momentum instead of restarting it;
-    ``smoothness_every = k > 0`` estimates the local smoothness
-    ``||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||`` on every k-th step (one extra
-    forward/backward on the same batch), the premise of relaxed smoothness;
+    ``settings.clip_gamma`` switches on CELGC's clipped step; ``settings.prox_mu > 0`` adds
+    FedProx's proximal term mu (x - x_0) to every gradient (x_0: the received model);
+    ``momentum_buffers`` (from the previous round, on the model's device) continue the
+    momentum instead of restarting it; ``smoothness_every = k > 0`` estimates the local
+    smoothness ``||g(x_{t+1}) - g(x_t)|| / ||x_{t+1} - x_t||`` on every k-th step (one
+    extra forward/backward on the same batch), the premise of relaxed smoothness;
     ``drift_every = k > 0`` measures the gradient drift (module docstring) on every k-th
     step: one full-data gradient per measured step, free when a batch is the whole data.
     """
     if len(data) == 0:
         raise ValueError("This client has no training data; check the partitioning.")
-    if clip_gamma is not None and clip_gamma <= 0:
-        raise ValueError(f"clip_gamma must be > 0, got {clip_gamma}.")
+    s = settings
+    clip_gamma, drift_every, smoothness_every = s.clip_gamma, s.drift_every, s.smoothness_every
+    if clip_gamma is not None and clip_gamma < 0:  # 0 only where a schedule takes eta to 0
+        raise ValueError(f"clip_gamma must be >= 0, got {clip_gamma}.")
     if drift_every < 0:
         raise ValueError(f"drift_every must be >= 0, got {drift_every}.")
+    if s.prox_mu < 0:
+        raise ValueError(f"The proximal mu must be >= 0, got {s.prox_mu}.")
+    steps = s.steps(len(data))
     start = time.perf_counter()
     device = next(model.parameters()).device
     data = data.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if s.prox_mu > 0 else None
     buffers = list(momentum_buffers or [])
     if buffers and [b.shape for b in buffers] != [p.shape for p in params]:
         raise ValueError("Saved momentum buffers do not match the model's parameters.")
-    stream = BatchStream(len(data), batch_size, seed, device)
+    stream = BatchStream(len(data), s.batch_size, seed, device)
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
     clipped = torch.zeros((), device=device)
     # The step size is a tensor on both paths, so an unclipped step and a clipped step
     # that is not cut (gamma / ||g|| >= eta) do exactly the same arithmetic.
-    eta = torch.tensor(lr, device=device)
+    eta = torch.tensor(s.lr, device=device)
     model.train()
     smoothness = []
     # Full-batch steps already compute grad F (the batch is a permutation of the data).
@@ -177,6 +174,10 @@ def local_train(
             elif t > 0 and t % drift_every == 0:
                 now = grads if full_batch else full_gradient(model, data, loss_fn)
                 worst_drift = max(worst_drift, drift(now, reference))
+        if anchor is not None:  # FedProx: grad of f + mu/2 ||x - x_0||^2
+            with torch.no_grad():
+                grads = torch._foreach_add(grads, torch._foreach_sub([p.detach() for p in params], anchor),
+                                           alpha=s.prox_mu)
         loss_sum += loss.detach()
         norm = global_norm(grads)
         norm_sum += norm
@@ -188,7 +189,7 @@ def local_train(
         sample = smoothness_every > 0 and t % smoothness_every == 0
         before = [p.detach().clone() for p in params] if sample else None
         with torch.no_grad():
-            sgd_step(params, grads, buffers, step, momentum, weight_decay)
+            sgd_step(params, grads, buffers, step, s.momentum, s.weight_decay)
         if sample:
             after = torch.autograd.grad(loss_fn(model(data.x[index]), data.y[index]), params)
             moved = global_norm(torch._foreach_sub([p.detach() for p in params], before))

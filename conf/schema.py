@@ -22,14 +22,38 @@ PLAIN_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 GOSSIP = ("gossip_pga",)
 
 
-def opt(help: str, *, choices: tuple = (), ge=None, gt=None, le=None, pattern: str | None = None,
+def opt(help: str, *, choices=(), ge=None, gt=None, le=None, pattern: str | None = None,
         strategies: tuple = ()):
     """A config field: its help text and allowed values; its default is in base.yaml.
-    ``pattern``: a regular expression the whole (string) value must match; ``strategies``:
-    the only strategies the key has an effect for (empty: all)."""
+    ``choices``: the allowed values, or a ``registry`` (``registered``) whose names they
+    are; ``pattern``: a regular expression the whole (string) value must match;
+    ``strategies``: the only strategies the key has an effect for (empty: all)."""
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "pattern": pattern,
             "strategies": strategies}
     return field(default=MISSING, metadata=meta)
+
+
+class registered:
+    """The names registered in a package's registry (``<module>.names()``), read when a
+    value is checked: adding a strategy, task, aggregator or topology does not touch the
+    schema. Iterable and ``in``-testable like a tuple of choices."""
+
+    def __init__(self, module: str):
+        self.module = module
+
+    def names(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(importlib.import_module(self.module).names())
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __contains__(self, value) -> bool:
+        return value in self.names()
+
+    def __bool__(self) -> bool:
+        return True
 
 
 @dataclass
@@ -76,7 +100,7 @@ class RunSection:
 class TaskSection:
     name: str = opt(
         "Data set + model family + loss.",
-        choices=("digits", "fmnist", "teacher", "shakespeare"),
+        choices=registered("tasks"),
     )
     loss: str = opt(
         "`auto` = the task's natural loss (cross-entropy; squared error for "
@@ -149,7 +173,22 @@ class TrainSection:
         ge=0,
     )
     batch_size: int = opt("Mini-batch size (capped at the client's data size).", ge=1)
-    lr: float = opt("SGD learning rate (eta).", gt=0.0)
+    lr: float = opt("SGD learning rate (eta); the peak of `lr_schedule`.", gt=0.0)
+    lr_schedule: str = opt(
+        "The learning rate eta_r of server round r (Gossip-PGA: iteration r), the same on "
+        "every client and in every strategy: `constant` = lr; `step` = lr x lr_decay^floor((r-1)"
+        " / lr_step_rounds); `cosine` = from lr down to lr x lr_min_factor over run.rounds; "
+        "`warmup_cosine` = linear from lr / lr_warmup_rounds up to lr over the first "
+        "lr_warmup_rounds rounds, then cosine. Clipped FedAvg's gamma follows eta "
+        "(gamma_r = clip_gamma x eta_r / lr), so the clipping norm gamma/eta stays fixed.",
+        choices=("constant", "step", "cosine", "warmup_cosine"),
+    )
+    lr_decay: float = opt("`step`: the factor eta is multiplied by every lr_step_rounds rounds.",
+                          gt=0.0, le=1.0)
+    lr_step_rounds: int = opt("`step`: rounds between two decays.", ge=1)
+    lr_min_factor: float = opt("`cosine`/`warmup_cosine`: the last round's eta as a fraction "
+                               "of lr.", ge=0.0, le=1.0)
+    lr_warmup_rounds: int = opt("`warmup_cosine`: rounds of linear warm-up.", ge=0)
     momentum: float = opt("SGD momentum.", ge=0.0, le=0.999)
     weight_decay: float = opt("L2 weight decay added to the gradient.", ge=0.0)
     persist_optimizer_state: bool = opt(
@@ -175,9 +214,10 @@ class TrainSection:
 @dataclass
 class StrategySection:
     name: str = opt(
-        "Server strategy: FedAvg / Local SGD; clipped FedAvg (CELGC); naive parallel "
-        "clipping (gradients averaged and clipped on the server every step); Gossip-PGA.",
-        choices=("fedavg", "clipped_fedavg", "naive_clipping", "gossip_pga"),
+        "The algorithm (`algorithms/<name>.py`): `fedavg` = FedAvg / Local SGD; "
+        "`clipped_fedavg` = CELGC; `naive_clipping` = gradients averaged and clipped on the "
+        "server every step; `fedprox` = FedAvg with a proximal term; `gossip_pga` = Gossip-PGA.",
+        choices=registered("algorithms"),
     )
     weighting: str = opt(
         "fedavg/clipped_fedavg/naive_clipping: `uniform` = every sound reply weighs 1 "
@@ -198,7 +238,7 @@ class StrategySection:
         "each end); `krum` / `multi_krum` (`byzantine` = f); `geometric_median` (smoothed "
         "Weiszfeld); `bgmd` (block-coordinate geometric median with memory, Acharya et al. "
         "2022, `bgmd_fraction`). See docs/robustness.md.",
-        choices=("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "bgmd"),
+        choices=registered("strategies.aggregators"),
     )
     trim_fraction: float = opt(
         "`trimmed_mean`: fraction of the replies cut from each end, per coordinate.",
@@ -245,6 +285,11 @@ class StrategySection:
         "the same as clipping g to norm c = gamma/eta, then stepping with eta = train.lr.",
         gt=0.0,
     )
+    proximal_mu: float = opt(
+        "fedprox: mu, the weight of the proximal term mu/2 ||x - x_global||^2 each client "
+        "adds to its local objective (Li et al., MLSys 2020); 0 = FedAvg.",
+        ge=0.0, strategies=("fedprox",),
+    )
     fraction_train: float = opt(
         "Fraction of connected nodes sampled per round.", gt=0.0, le=1.0
     )
@@ -277,8 +322,7 @@ class StrategySection:
     topology: str = opt(
         "gossip_pga: the graph whose mixing matrix W the server applies "
         "(`identity` = no gossip, i.e. Local SGD).",
-        choices=("ring", "grid", "torus", "exponential", "one_peer_exponential",
-                 "fully_connected", "star", "erdos_renyi", "identity"),
+        choices=registered("strategies.topology"),
         strategies=GOSSIP,
     )
     averaging: str = opt(

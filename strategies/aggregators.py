@@ -343,6 +343,11 @@ class BGMD(Aggregator, name="bgmd"):
         return AggregateResult(vector, info, None)
 
 
+def names() -> list[str]:
+    """Every registered rule (the config's allowed ``strategy.aggregator`` values)."""
+    return sorted(AGGREGATORS)
+
+
 def make_aggregator(name: str, *, trim_fraction: float = 0.1, byzantine: int = 0,
                     gm_tolerance: float = 1e-6, gm_max_iter: int = 100, gm_smoothing: float = 1e-6,
                     bgmd_fraction: float = 0.1, bgmd_memory: str = "mean",

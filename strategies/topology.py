@@ -36,18 +36,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-TOPOLOGIES = (
-    "ring",
-    "grid",
-    "torus",
-    "exponential",
-    "one_peer_exponential",
-    "fully_connected",
-    "star",
-    "erdos_renyi",
-    "identity",
-)
-"""Names accepted by ``build_topology``."""
+# name -> (n, seed, p) -> step -> W; each graph registers itself below its function
+_REGISTRY: dict[str, Callable[..., Callable[[int], np.ndarray]]] = {}
+
+
+def register_topology(name: str, make_w: Callable[..., np.ndarray]) -> None:
+    """Register a static graph: ``make_w(n, seed=..., p=...)`` returns its W (checked when
+    built). Time-varying graphs register a ``step -> W`` builder in ``_REGISTRY``."""
+    _REGISTRY[name] = lambda n, seed, p: _static(make_w(n, seed=seed, p=p))
+
+
+def names() -> list[str]:
+    """Every registered topology (the config's allowed ``strategy.topology`` values)."""
+    return sorted(_REGISTRY)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +182,9 @@ def ring(n: int) -> np.ndarray:
     return _circulant({-1: 1.0 / 3, 0: 1.0 / 3, 1: 1.0 / 3}, n)
 
 
+register_topology("ring", lambda n, **_: ring(n))
+
+
 def grid(rows: int, cols: int) -> np.ndarray:
     """2-D mesh grid without wrap-around, Metropolis-Hastings weights (BlueFog MeshGrid2DGraph).
 
@@ -199,6 +203,9 @@ def grid(rows: int, cols: int) -> np.ndarray:
             if r + 1 < rows:
                 A[i, i + cols] = A[i + cols, i] = True
     return metropolis_hastings(A)
+
+
+register_topology("grid", lambda n, **_: grid(*grid_shape(n)))
 
 
 def torus(rows: int, cols: int) -> np.ndarray:
@@ -226,6 +233,9 @@ def torus(rows: int, cols: int) -> np.ndarray:
     return metropolis_hastings(A)
 
 
+register_topology("torus", lambda n, **_: torus(*grid_shape(n)))
+
+
 def exponential(n: int) -> np.ndarray:
     """Static exponential graph (BlueFog ExponentialTwoGraph); directed, not symmetric.
 
@@ -246,10 +256,17 @@ def exponential(n: int) -> np.ndarray:
     return _circulant({0: weight, **dict.fromkeys(offsets, weight)}, n)
 
 
+register_topology("exponential", lambda n, **_: exponential(n))
+
+
 def fully_connected(n: int) -> np.ndarray:
     """Complete graph: x_i <- (1/n) sum_j x_j, i.e. W = 11^T/n (one step = global average)."""
     n = _check_count(n, "fully_connected: n")
     return np.full((n, n), 1.0 / n)
+
+
+register_topology("fully_connected", lambda n, **_: fully_connected(n))
+register_topology("identity", lambda n, **_: np.eye(n))  # no communication: Local SGD
 
 
 def star(n: int) -> np.ndarray:
@@ -261,6 +278,9 @@ def star(n: int) -> np.ndarray:
     A = np.zeros((n, n), dtype=bool)
     A[0, 1:] = A[1:, 0] = True
     return metropolis_hastings(A)
+
+
+register_topology("star", lambda n, **_: star(n))
 
 
 def erdos_renyi(n: int, p: float, seed: int) -> np.ndarray:
@@ -284,6 +304,9 @@ def erdos_renyi(n: int, p: float, seed: int) -> np.ndarray:
         f"erdos_renyi: no connected G(n={n}, p={p}) graph in {tries} draws with seed {seed}; "
         f"raise p (connectivity needs roughly p > ln(n)/n = {math.log(n) / n:.3f})."
     )
+
+
+register_topology("erdos_renyi", lambda n, seed, p: erdos_renyi(n, p, seed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +335,14 @@ def one_peer_exponential(n: int, step: int) -> np.ndarray:
         return np.ones((1, 1))
     shift = 2 ** (int(step) % tau)
     return _circulant({0: 0.5, -shift: 0.5}, n)
+
+
+def _one_peer_schedule(n: int, seed: int, p: float) -> Callable[[int], np.ndarray]:
+    schedule = [_frozen(one_peer_exponential(n, s)) for s in range(max(1, _ceil_log2(n)))]
+    return lambda step: schedule[step % len(schedule)]
+
+
+_REGISTRY["one_peer_exponential"] = _one_peer_schedule
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +427,11 @@ def _frozen(W: np.ndarray) -> np.ndarray:
     return W
 
 
+def _static(W: np.ndarray) -> Callable[[int], np.ndarray]:
+    W = _frozen(W)
+    return lambda step: W
+
+
 def build_topology(
     name: str, n: int, *, seed: int = 0, p: float = 0.3
 ) -> Callable[[int], np.ndarray]:
@@ -409,20 +445,6 @@ def build_topology(
     """
     key = str(name).strip().lower().replace("-", "_")
     n = _check_count(n, "build_topology: n")
-    if key == "one_peer_exponential":
-        schedule = [_frozen(one_peer_exponential(n, s)) for s in range(max(1, _ceil_log2(n)))]
-        return lambda step: schedule[step % len(schedule)]
-    static = {
-        "ring": lambda: ring(n),
-        "grid": lambda: grid(*grid_shape(n)),
-        "torus": lambda: torus(*grid_shape(n)),
-        "exponential": lambda: exponential(n),
-        "fully_connected": lambda: fully_connected(n),
-        "star": lambda: star(n),
-        "erdos_renyi": lambda: erdos_renyi(n, p, seed),
-        "identity": lambda: np.eye(n),
-    }
-    if key not in static:
-        raise ValueError(f"Unknown topology {name!r}; allowed: {', '.join(TOPOLOGIES)}.")
-    W = _frozen(static[key]())
-    return lambda step: W
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown topology {name!r}; allowed: {', '.join(names())}.")
+    return _REGISTRY[key](n, seed, p)

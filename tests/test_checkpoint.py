@@ -129,13 +129,14 @@ def test_strategy_state_round_trips_through_a_checkpoint(tmp_path, overrides):
     if overrides.get("strategy.aggregator") == "bgmd":
         s.aggregator.memory = rng.normal(size=7)
     if "train.momentum" in overrides:
-        s.buffers = [torch.randn(3, 2), torch.randn(2)]
+        s.algorithm.buffers = [torch.randn(3, 2), torch.randn(2)]
     if overrides.get("strategy.name") == "gossip_pga":
         s.X = rng.normal(size=(4, 5)).astype(np.float32)
         s.layout, s.active = {"w": ((5,), "float32")}, [0, 2, 3]
         s.node_of = {0: 11, 2: 12, 3: 13}
-        s.schedule.is_global(s.schedule.next_global, 2.0)
-        s.schedule.is_global(s.schedule.next_global, 0.5)  # the loss fell 4x: the period doubles
+        schedule = s.algorithm.schedule
+        schedule.is_global(schedule.next_global, 2.0)
+        schedule.is_global(schedule.next_global, 0.5)  # the loss fell 4x: the period doubles
     save_checkpoint(tmp_path, 1, {"strategy": s.state_dict()})
     fresh = strategy_of(**overrides)
     fresh.load_state_dict(load_checkpoint(checkpoints(tmp_path)[-1])["strategy"])
@@ -143,11 +144,12 @@ def test_strategy_state_round_trips_through_a_checkpoint(tmp_path, overrides):
     if overrides.get("strategy.aggregator") == "bgmd":
         np.testing.assert_array_equal(fresh.aggregator.memory, s.aggregator.memory)
     if "train.momentum" in overrides:
-        assert all(torch.equal(a, b) for a, b in zip(fresh.buffers, s.buffers, strict=True))
+        pairs = zip(fresh.algorithm.buffers, s.algorithm.buffers, strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
     if overrides.get("strategy.name") == "gossip_pga":
         np.testing.assert_array_equal(fresh.X, s.X)
         assert fresh.active == [0, 2, 3] and fresh.layout == s.layout
-        assert vars(fresh.schedule) == vars(s.schedule) and fresh.schedule.period != s.schedule.initial_period
+        assert vars(fresh.algorithm.schedule) == vars(schedule) and schedule.period != schedule.initial_period
         assert fresh.node_of == {}  # node ids change across a restart: asked again
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from strategies.topology import (
-    TOPOLOGIES,
     beta,
     build_topology,
     check_mixing_matrix,
@@ -27,6 +26,7 @@ from strategies.topology import (
     star,
     torus,
 )
+from strategies.topology import names as topology_names
 
 SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 SYMMETRIC = ("ring", "grid", "torus", "fully_connected", "star", "erdos_renyi", "identity")
@@ -51,7 +51,7 @@ def assert_doubly_stochastic(W: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("name", TOPOLOGIES)
+@pytest.mark.parametrize("name", topology_names())
 def test_every_topology_is_doubly_stochastic(name, n):
     schedule = build_topology(name, n, p=0.9)
     for step in range(6):
@@ -205,7 +205,7 @@ def test_build_topology_one_peer_cycles():
 def test_gossip_preserves_mean():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(16, 7))
-    for name in TOPOLOGIES:
+    for name in topology_names():
         W = build_topology(name, 16)(1)
         Y = gossip(W, X)
         assert Y.shape == X.shape
@@ -354,7 +354,7 @@ def test_metropolis_hastings_rejects_bad_adjacency():
 
 def test_build_topology_rejects_unknown_name():
     with pytest.raises(
-        ValueError, match="Unknown topology 'hypercube'.*ring.*one_peer_exponential"
+        ValueError, match="Unknown topology 'hypercube'.*one_peer_exponential.*ring"
     ):
         build_topology("hypercube", 8)
 
