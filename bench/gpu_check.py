@@ -606,12 +606,12 @@ def deploy(args) -> int:
 
 
 def compare(args) -> int:
-    """FedAvg on digits, 4 clients, 3 rounds, in one process (``bench.pure``, the same
-    client training loop and seeds as the ClientApp) on ``--device`` and on the CPU."""
+    """FedAvg on digits, 4 clients, 3 rounds, in one process (the engine, ``bench.engine_timing``:
+    the same client half and seeds as the ClientApp) on ``--device`` and on the CPU."""
     import torch
 
     import tasks
-    from bench.pure import fedavg_by_hand
+    from bench.engine_timing import timed_run
 
     step = Step("compare", args)
     overrides = {"task.name": "digits", "strategy.name": "fedavg", "run.seed": 0}
@@ -622,7 +622,7 @@ def compare(args) -> int:
         make_model = tasks.make_model
         tasks.make_model = lambda *a, **k: models.append(make_model(*a, **k)) or models[-1]
         try:
-            run = fedavg_by_hand({**overrides, "train.device": device}, clients, rounds, threads=1)
+            run = timed_run({**overrides, "train.device": device}, clients, rounds, threads=1)
         finally:
             tasks.make_model = make_model
         state = {k: v.detach().to("cpu", torch.float64) for k, v in models[-1].state_dict().items()}
@@ -725,7 +725,7 @@ def report(args) -> int:
                     f"| {w['last']} |" for name, w in workers.items()], ""]
     comp = steps.get("compare", {}).get("numbers", {})
     if comp.get("cpu"):
-        lines += ["FedAvg on digits, 4 clients, 3 rounds, one process (`bench.pure`):", "",
+        lines += ["FedAvg on digits, 4 clients, 3 rounds, one process (`bench.engine_timing`):", "",
                   "| device | final test acc | final test loss | seconds (3 rounds) |",
                   "| --- | --- | --- | --- |"]
         for device in dict.fromkeys((args.device, "cpu")):

@@ -21,17 +21,19 @@ Where a node's data comes from (its node config):
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
+import algorithms
 import tasks
+from algorithms.base import reply_metrics
+from algorithms.settings import round_settings
 from client import protocol as P
 from client.attacks import KINDS, attacked, is_attacker
-from client.train import global_norm, local_train, minibatch_gradient, round_seed, steps_for
+from client.train import round_seed
 from client.worker import process_age
 from conf import from_flat
 from tasks.local_data import load_local
@@ -116,9 +118,9 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Local training (or, for the naive clipping baseline, one mini-batch gradient)."""
+    """The algorithm's client half (``algorithms``) with this round's settings."""
     cfg, spec, split, model, partition_id = _setup(msg, context)
-    t, config = cfg.train, msg.content[P.CONFIG]
+    config = msg.content[P.CONFIG]
     want_index = config.get(P.WANT_PARTITION_ID, False)
     if want_index and partition_id is None:
         raise ValueError(
@@ -128,36 +130,41 @@ def train(msg: Message, context: Context) -> Message:
             "\"data-path='/data/mine.npz' partition-id=0\"."
         )
     server_round = int(config[P.SERVER_ROUND])
+    settings = round_settings(cfg, server_round)
     # batch order: one stream per (run, node, round); a device without partition-id is
     # told apart by its Flower node id
     node = partition_id if partition_id is not None else int(context.node_id)
     seed = round_seed(cfg.run.seed, node, server_round)
-    loss_fn = tasks.make_loss(cfg, spec)
-    if config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT:
-        start = time.perf_counter()
-        grads, loss = minibatch_gradient(model, split, loss_fn, batch_size=t.batch_size, seed=seed)
-        names = [name for name, p in model.named_parameters() if p.requires_grad]
-        arrays = ArrayRecord(dict(zip(names, grads, strict=True)))
-        metrics = _metrics(len(split), loss, 0, time.perf_counter() - start,
-                           float(global_norm(grads)), 0.0)
-    else:
-        arrays, metrics = _train(cfg, msg, context, split, model, loss_fn, seed)
+    start = None if settings.gradient else msg.content[P.ARRAYS].to_torch_state_dict()
+    update = algorithms.get(cfg.strategy.name).client_update(
+        model, split, tasks.make_loss(cfg, spec), settings, seed=seed,
+        momentum=_saved_momentum(context, model) if settings.persist_momentum else None)
+    if settings.persist_momentum and update.result.momentum:
+        context.state[P.STATE_MOMENTUM] = ArrayRecord(
+            {str(i): b for i, b in enumerate(update.result.momentum)})
+    metrics = _metrics(update.result, settings)
     if want_index:
         metrics[P.PARTITION_ID] = partition_id
-    gradient_mode = config.get(P.MODE, P.MODE_TRAIN) == P.MODE_GRADIENT
-    start = None if gradient_mode else msg.content[P.ARRAYS].to_torch_state_dict()
+    arrays = update.arrays
     kind = attack_kind(cfg, context, partition_id)
     if kind is not None:
-        seed_noise = round_seed(cfg.run.seed, node, server_round)
-        arrays = ArrayRecord(attacked(kind, start, arrays.to_torch_state_dict(),
-                                      scale=cfg.attack.scale, std=cfg.attack.std, seed=seed_noise))
+        arrays = attacked(kind, start, arrays, scale=cfg.attack.scale, std=cfg.attack.std, seed=seed)
         if kind == "weight_inflation":
             metrics[P.NUM_EXAMPLES] = cfg.attack.claimed_examples
-    content = RecordDict({P.ARRAYS: arrays, P.METRICS: metrics})
+    content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: metrics})
     fault = context.node_config.get(P.FAULT)
     if fault is not None and str(fault) not in KINDS:
         content = broken_reply(content, str(fault))
     return Message(content=content, reply_to=msg)
+
+
+def _saved_momentum(context: Context, model: torch.nn.Module) -> list[torch.Tensor] | None:
+    """The momentum buffers this node kept from its previous round, if any."""
+    if P.STATE_MOMENTUM not in context.state.array_records:
+        return None
+    device = next(model.parameters()).device
+    saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
+    return [saved[name].to(device) for name in sorted(saved, key=int)]
 
 
 def attack_kind(cfg, context: Context, partition_id: int | None) -> str | None:
@@ -202,43 +209,10 @@ def broken_reply(content: RecordDict, fault: str) -> RecordDict:
     return RecordDict({P.ARRAYS: record, P.METRICS: metrics})
 
 
-def _metrics(examples, loss, steps, seconds, grad_norm, clipped) -> MetricRecord:
-    return MetricRecord({
-        P.NUM_EXAMPLES: examples, P.TRAIN_LOSS: loss, P.NUM_STEPS: steps,
-        P.TRAIN_SECONDS: seconds, P.GRAD_NORM: grad_norm, P.CLIP_FRACTION: clipped,
-        P.PROCESS_SECONDS: process_age(), P.CUDA: int(torch.cuda.is_initialized()),
-    })
-
-
-def _train(cfg, msg, context, split, model, loss_fn, seed):
-    t, config = cfg.train, msg.content[P.CONFIG]
-    device = next(model.parameters()).device
-    buffers = None
-    if t.persist_optimizer_state and P.STATE_MOMENTUM in context.state.array_records:
-        saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
-        buffers = [saved[name].to(device) for name in sorted(saved, key=int)]
-    steps = int(config.get(P.LOCAL_STEPS, 0)) or steps_for(
-        len(split), t.batch_size, t.local_steps, t.local_epochs)
-    gamma = config.get(P.CLIP_GAMMA)
-    result = local_train(
-        model, split, loss_fn, steps=steps, batch_size=t.batch_size,
-        lr=float(config.get(P.LR, t.lr)), momentum=t.momentum, weight_decay=t.weight_decay,
-        clip_gamma=None if gamma is None else float(gamma), momentum_buffers=buffers, seed=seed,
-        smoothness_every=t.smoothness_every, drift_every=t.drift_every,
-    )
-    if t.persist_optimizer_state and result.momentum:
-        context.state[P.STATE_MOMENTUM] = ArrayRecord(
-            {str(i): b for i, b in enumerate(result.momentum)}
-        )
-    metrics = _metrics(result.examples, result.loss, result.steps, result.seconds,
-                       result.grad_norm, result.clipped_fraction)
-    if t.smoothness_every > 0:
-        pairs = result.smoothness or [(0.0, 0.0)]
-        metrics[P.SMOOTHNESS] = sum(s for _, s in pairs) / len(pairs)
-        metrics[P.SMOOTHNESS_GRAD_NORM] = sum(g for g, _ in pairs) / len(pairs)
-    if t.drift_every > 0:
-        metrics[P.GRADIENT_DRIFT] = metrics[P.GRADIENT_DRIFT_MAX] = result.drift
-    return ArrayRecord(model.state_dict()), metrics
+def _metrics(result, settings) -> MetricRecord:
+    """The reply's metrics: the client half's, and this process's age and CUDA use."""
+    return MetricRecord({**reply_metrics(result, settings), P.PROCESS_SECONDS: process_age(),
+                         P.CUDA: int(torch.cuda.is_initialized())})
 
 
 def evaluate(msg: Message, context: Context) -> Message:

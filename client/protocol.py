@@ -1,8 +1,10 @@
 """The message contract between the ServerApp and the ClientApp: every key, named once.
 
-A train message carries ``ARRAYS`` (the model), ``CONFIG`` (per-round values such as
-``server-round``) and ``RUN_CONFIG`` (the run's whole resolved config, flat, so that
-clients parse exactly what the server parsed). A reply carries ``ARRAYS`` and
+A train message carries ``ARRAYS`` (the model), ``CONFIG`` (the round number
+``server-round``, from which the client derives every per-round setting with
+``algorithms.settings.round_settings``, and Gossip-PGA's index request) and
+``RUN_CONFIG`` (the run's whole resolved config, flat, so that clients parse exactly what
+the server parsed). A reply carries ``ARRAYS`` and
 ``METRICS`` with the same metric keys from every client (Flower checks this).
 """
 
@@ -14,11 +16,6 @@ METRICS = "metrics"
 # per-round values in CONFIG
 SERVER_ROUND = "server-round"
 WANT_PARTITION_ID = "want-partition-id"  # reply with PARTITION_ID in the metrics (gossip)
-LR = "lr"  # eta for this round (default: train.lr)
-CLIP_GAMMA = "clip-gamma"  # CELGC's gamma; absent = no clipping
-LOCAL_STEPS = "local-steps"  # I, steps this round (default: train.local_steps/epochs)
-MODE = "mode"  # MODE_TRAIN (default) or MODE_GRADIENT
-MODE_TRAIN, MODE_GRADIENT = "train", "gradient"  # gradient: reply one mini-batch gradient
 
 # node config (simulation: set by Flower; deployment: --node-config)
 PARTITION_ID = "partition-id"
@@ -50,6 +47,7 @@ TRAIN_METRICS = (
     GRADIENT_DRIFT_MAX, PARTITION_ID, CUDA,
 )
 EVALUATE_METRICS = (NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY)
+MAX_METRICS = (GRADIENT_DRIFT_MAX,)  # combined over replies by their max, not weighted mean
 
 # what the client keeps in context.state between rounds
 STATE_MOMENTUM = "momentum"

@@ -64,15 +64,15 @@ def run_one(job) -> dict:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     from conf import load_config
-    from strategies.fedavg_reference import simulate
+    from engine import run
 
     model, label, n, interval, overrides, data_path, iterations, test_examples = job
     cfg = load_config({**base(data_path, model), **overrides})
     _shrink_test_set(cfg, test_examples)
     every = max(1, 32 // interval)  # evaluate every 32 iterations
     start = time.perf_counter()
-    records, _ = simulate(cfg, n, rounds=iterations // interval, evaluate_every=every,
-                          on_round=lambda r: not math.isfinite(r["train_loss"]) or r["train_loss"] > 20)
+    records = run(cfg, n, rounds=iterations // interval, evaluate_every=every,
+                  on_round=lambda r: not math.isfinite(r["train_loss"]) or r["train_loss"] > 20).records
     for r in records:
         r["iteration"] = r["round"] * interval
     return {"model": model, "label": label, "clients": n, "I": interval, "records": records,

@@ -49,7 +49,7 @@ def run_one(job: tuple) -> dict:
     warnings.filterwarnings("ignore", category=UserWarning)  # flwr-datasets' Dirichlet retries
     torch.set_num_threads(1)
     from conf import load_config
-    from strategies.gossip_reference import simulate
+    from engine import run as simulate
 
     label, topology, overrides, seed, iterations, every = job
     cfg = load_config({**BASE, **overrides, "run.seed": seed})

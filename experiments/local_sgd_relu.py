@@ -70,7 +70,7 @@ def run_one(job: tuple) -> dict:
     torch.set_num_threads(1)
     import tasks
     from conf import load_config
-    from strategies.fedavg_reference import simulate
+    from engine import run
 
     clients, width, tau, rounds, seed, *task = job
     cfg = load_config(overrides(width, tau, seed, *task))
@@ -79,8 +79,8 @@ def run_one(job: tuple) -> dict:
         raise ValueError("train.batch_size must cover every partition (full-batch local GD).")
     initial = tasks.evaluate(model, data.train, loss_fn, data.kind)["loss"]
     start = time.perf_counter()
-    records, _ = simulate(cfg, clients, rounds=rounds,
-                          on_round=lambda r: not math.isfinite(r["global_train_loss"]))
+    records = run(cfg, clients, rounds=rounds,
+                  on_round=lambda r: not math.isfinite(r["global_train_loss"])).records
     return {"clients": clients, "width": width, "tau": tau, "lr": cfg.train.lr, "seed": seed,
             "initial_loss": initial, "partition_sizes": [len(s) for s in splits],
             "records": records, "seconds": time.perf_counter() - start}

@@ -131,12 +131,12 @@ def _init_worker() -> None:
 
 def run_one(job: dict) -> dict:
     from conf import load_config
-    from strategies.fedavg_reference import simulate
+    from engine import run
 
     config = overrides(job["task"], job["seed"], job["fraction"], job["attack"], job["aggregator"])
     cfg = load_config({**config, "run.rounds": job["rounds"]})
     start, cpu = time.perf_counter(), time.process_time()
-    records, _ = simulate(cfg, job["clients"], evaluate_every=job["rounds"])
+    records = run(cfg, job["clients"], evaluate_every=job["rounds"]).records
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     seconds = [r["aggregation_seconds"] for r in records if "aggregation_seconds" in r]
     return {**job, "config": config,

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+import algorithms
 import tasks
 from conf import ConfigError, check_nodes, load_config, to_flat
 from server.checkpoint import checkpoint_state, open_resume, save_checkpoint, set_rng_state
@@ -86,7 +87,7 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log(WARNING, "fedlocal: with the %d node(s) connected now: %s", connected, err)
     num_nodes = evaluate_nodes = None
-    if cfg.strategy.name == "gossip_pga":
+    if algorithms.get(cfg.strategy.name).decentralized:  # one model per node, on a graph
         num_nodes = connected
 
         def evaluate_nodes(records: list[ArrayRecord]) -> dict[str, float]:

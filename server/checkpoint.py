@@ -118,6 +118,14 @@ def open_resume(cfg) -> tuple[Path, dict]:
         raise ConfigError(f"run.resume: the config differs from the one {folder} ran with in "
                           f"{shown}. A resumed run may change only {', '.join(RESUMABLE_KEYS)}; "
                           "start a new run to change anything else.")
+    if (cfg.train.lr_schedule in ("cosine", "warmup_cosine")
+            and int(saved.get("run.rounds", cfg.run.rounds)) != cfg.run.rounds):
+        raise ConfigError(
+            f"run.resume with train.lr_schedule={cfg.train.lr_schedule!r}: the cosine runs over "
+            f"run.rounds, so extending {saved.get('run.rounds')} rounds to {cfg.run.rounds} would "
+            "change the learning rate of every round, including those already run. Resume with "
+            f"run.rounds={saved.get('run.rounds')}, or use lr_schedule 'constant' or 'step' "
+            "(which do not depend on run.rounds) for runs you mean to extend.")
     state = load_checkpoint(found[-1])
     if state["round"] > cfg.run.rounds:
         raise ConfigError(f"run.resume: {folder} has completed {state['round']} rounds; "

@@ -1,4 +1,11 @@
-"""Server strategies: Flower strategies extended through their hooks, plus pure math."""
+"""The Flower side of the server: two drivers over the algorithms (``algorithms``), plus
+the pure math they share (aggregation rules, topologies, the averaging schedule, reply
+checks).
+
+``strategies.fedavg.FedAvg`` drives every server-centred algorithm, ``strategies.gossip.
+GossipPGA`` every decentralized one (``Algorithm.decentralized``): which one runs is the
+algorithm's property, not a name check.
+"""
 
 from __future__ import annotations
 
@@ -14,55 +21,36 @@ def build_aggregator(cfg):
                            bgmd_memory=s.bgmd_memory, pre_aggregation=s.pre_aggregation)
 
 
-def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes=None):
-    """The strategy named by ``strategy.name``, configured from the typed config.
-    ``run_config`` is the resolved config as a ConfigRecord, sent along to clients;
-    ``num_nodes`` (the graph size) and ``evaluate_nodes`` are for gossip_pga."""
+def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes=None,
+                   algorithm=None):
+    """The Flower driver for the algorithm ``strategy.name`` (``algorithms.get``),
+    configured from the typed config. ``run_config`` is the resolved config as a
+    ConfigRecord, sent along to clients; ``num_nodes`` (the graph size) and
+    ``evaluate_nodes`` are for decentralized algorithms; ``algorithm`` an algorithm
+    object built already (default: from the config)."""
+    import algorithms
+
     s = cfg.strategy
-    sampling = {
-        "weighting": s.weighting,
-        "max_examples": s.max_examples,
-        "aggregator": build_aggregator(cfg),
-        "min_replies": s.min_replies,
-        "node_wait": s.node_wait,
-        "fraction_train": s.fraction_train,
-        "fraction_evaluate": s.fraction_evaluate,
-        "min_train_nodes": s.min_train_nodes,
-        "min_evaluate_nodes": s.min_train_nodes if s.fraction_evaluate > 0 else 0,
-        "min_available_nodes": s.min_available_nodes,
-    }
-    t = cfg.train
-    if s.name == "fedavg":
-        from strategies.fedavg import FedAvg
-
-        return FedAvg(run_config, **sampling)
-    if s.name == "clipped_fedavg":
-        from strategies.clipped import ClippedFedAvg
-
-        if t.local_epochs > 0:
-            raise ValueError("clipped_fedavg counts I in steps: set train.local_steps, not local_epochs.")
-        return ClippedFedAvg(run_config, lr=t.lr, clip_gamma=s.clip_gamma,
-                             local_steps=t.local_steps, **sampling)
-    if s.name == "naive_clipping":
-        from strategies.clipped import NaiveClipping
-
-        return NaiveClipping(run_config, lr=t.lr, clip_gamma=s.clip_gamma, momentum=t.momentum,
-                             weight_decay=t.weight_decay, **sampling)
-    if s.name == "gossip_pga":
+    if algorithm is None:
+        algorithm = algorithms.get(s.name)(cfg, num_nodes=num_nodes)
+    if algorithm.decentralized:
         from strategies.gossip import GossipPGA
-        from strategies.schedule import AveragingSchedule
-        from strategies.topology import build_topology
 
-        if num_nodes is None:
-            raise ValueError("gossip_pga needs the number of nodes to build its graph.")
-        return GossipPGA(
-            run_config,
-            num_nodes=num_nodes,
-            mixing=build_topology(s.topology, num_nodes, seed=cfg.run.seed, p=s.edge_probability),
-            schedule=AveragingSchedule(s.averaging, s.period),
-            failure_policy=s.failure_policy,
-            evaluate_nodes=evaluate_nodes if s.evaluate_nodes else None,
-            aggregator=build_aggregator(cfg),
-            min_nodes=s.min_gossip_nodes,
-        )
-    raise ValueError(f"Unknown strategy {s.name!r}.")
+        return GossipPGA(cfg, run_config, algorithm, failure_policy=s.failure_policy,
+                         evaluate_nodes=evaluate_nodes if s.evaluate_nodes else None,
+                         aggregator=build_aggregator(cfg), min_nodes=s.min_gossip_nodes)
+    from strategies.fedavg import FedAvg
+
+    return FedAvg(
+        cfg, run_config, algorithm,
+        weighting=s.weighting,
+        max_examples=s.max_examples,
+        aggregator=build_aggregator(cfg),
+        min_replies=s.min_replies,
+        node_wait=s.node_wait,
+        fraction_train=s.fraction_train,
+        fraction_evaluate=s.fraction_evaluate,
+        min_train_nodes=s.min_train_nodes,
+        min_evaluate_nodes=s.min_train_nodes if s.fraction_evaluate > 0 else 0,
+        min_available_nodes=s.min_available_nodes,
+    )

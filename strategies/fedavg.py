@@ -1,11 +1,12 @@
-"""FedAvg / Local SGD: Flower's ``FedAvg``, extended rather than rewritten.
+"""The Flower driver of every server-centred algorithm (``algorithms``: FedAvg, CELGC,
+naive clipping, FedProx): Flower's ``FedAvg`` extended through its hooks.
 
-Each round every sampled client runs ``local_steps`` of the one training loop from the
-global model x and returns x_k; the server combines the updates u_k = x_k - x with the
-configured aggregation rule (``strategies.aggregators``; McMahan et al. 2017's weighted mean
-by default, analysed for ReLU networks by Deng, Kamani, Mahdavi, AISTATS 2022)::
+Each round the sampled clients receive the global model x and the round number; what they
+do with it is the algorithm's client half (with ``round_settings(cfg, round)``). This
+class only moves messages and checks them; every number is decided by
+``algorithms.base.server_step``, the same function the one-process ``engine`` calls:
 
-    x <- x + A(u_1, ..., u_K; w_1, ..., w_K)        A = mean: x <- sum_k (w_k / w) x_k
+    x <- server_update(x, A(u_1, ..., u_K; w_1, ..., w_K))     u_k = x_k - x (or g_k)
 
 with server-side weights w_k: 1 (``weighting='uniform'``) or the reply's ``num-examples``
 capped at ``strategy.max_examples`` (``'examples'``).
@@ -22,7 +23,6 @@ metrics (and kept in ``round_metrics`` for the ServerApp's per-round record).
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Callable, Iterable
 from logging import ERROR, INFO, WARNING
@@ -34,6 +34,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import Result
 
+from algorithms.base import Algorithm, required_replies, server_step
+from algorithms.settings import round_settings
 from client import protocol as P
 from strategies.aggregators import Aggregator, make_aggregator
 from strategies.replies import (
@@ -43,7 +45,6 @@ from strategies.replies import (
     flat,
     parse_reply,
     specs_of,
-    unflat,
     weighted_metrics,
 )
 
@@ -55,17 +56,6 @@ def as_numpy(record: ArrayRecord) -> dict:
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
-
-
-MAX_KEYS = (P.GRADIENT_DRIFT_MAX,)  # reply metrics aggregated by max, not weighted mean
-
-
-def required_replies(min_replies: float, sent: int) -> int:
-    """``strategy.min_replies`` as a count: below 1 it is a fraction of the nodes sent
-    work (rounded up, at least 1), from 1 on a number of replies."""
-    if min_replies < 1:
-        return max(1, math.ceil(min_replies * sent - 1e-9))
-    return int(min_replies)
 
 
 def wait_for_nodes(grid: Grid, at_least: int, timeout: float, poll: float = 1.0) -> int:
@@ -95,20 +85,19 @@ def canonical_order(sound: dict[int, tuple[Reply, float]]):
 
 
 class DropoutError(RuntimeError):
-    """Too few nodes answered a round with a sound reply."""
+    """Too few nodes answered a round with a sound reply (``strategy.min_replies``)."""
 
 
 class FedAvg(FlowerFedAvg):
-    relative = True  # replies are models: aggregate their updates x_k - x, then add x
-
-    def __init__(self, run_config: ConfigRecord, weighting: str = "examples",
-                 min_replies: float = 1, node_wait: float | None = None,
-                 aggregator: Aggregator | None = None, max_examples: int = 0, **kwargs) -> None:
+    def __init__(self, cfg, run_config: ConfigRecord, algorithm: Algorithm,
+                 weighting: str = "examples", min_replies: float = 1,
+                 node_wait: float | None = None, aggregator: Aggregator | None = None,
+                 max_examples: int = 0, **kwargs) -> None:
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', not {weighting!r}.")
         super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
                          weighted_by_key=P.NUM_EXAMPLES, **kwargs)
-        self.run_config = run_config
+        self.cfg, self.run_config, self.algorithm = cfg, run_config, algorithm
         self.weighting, self.max_examples = weighting, max_examples
         self.aggregator = aggregator if aggregator is not None else make_aggregator("mean")
         self.min_replies, self.node_wait = min_replies, node_wait
@@ -191,40 +180,27 @@ class FedAvg(FlowerFedAvg):
                                                      self.required_metrics())
         missing = self.check_dropouts(server_round, replies, len(sound), errors, rejected)
         keys, kept, weights, rows = canonical_order(sound)
-        if self.relative:
-            rows -= self.x
         if len(kept) < self.aggregator.min_replies():
             log(WARNING, "Round %d: %d sound replies, fewer than the %d that strategy.aggregator="
                 "'%s' needs to tolerate strategy.byzantine=%d bad ones; its result is not robust "
                 "this round.", server_round, len(kept), self.aggregator.min_replies(),
                 self.aggregator.name, self.aggregator.settings.byzantine)
-        started = time.perf_counter()
-        result = self.aggregator(rows, weights, keys=keys)
-        seconds = time.perf_counter() - started
-        metrics = MetricRecord(weighted_metrics(kept, list(weights), MAX_KEYS))
+        step = server_step(self.algorithm, self.aggregator, self.x, rows, weights, keys,
+                           round_settings(self.cfg, server_round), self.specs)
+        metrics = MetricRecord(weighted_metrics(kept, list(weights), P.MAX_METRICS))
         metrics.pop(P.PARTITION_ID, None)
         metrics.update(self.comm_metrics(server_round, received))
-        metrics.update({key: float(value) for key, value in result.info.items()})
-        metrics["aggregation-seconds"] = seconds
+        metrics.update(step.metrics)
         metrics["num-replies"] = len(kept)
         metrics["num-failures"] = len(errors) + len(rejected) + len(missing)
-        new = self.apply(result.vector, metrics)
-        arrays = unflat(new, self.specs) if new is not None else None
-        if arrays is not None and not all(np.isfinite(v).all() for v in arrays.values()):
-            arrays = None
-        if arrays is None:
+        if step.arrays is None:
             log(ERROR, "Round %d: the aggregate of %d sound replies is not finite (%s); the "
                 "round's model is NOT taken and the previous global model stays. The replies "
                 "passed every check, so their values are finite but too large to combine: try a "
                 "robust strategy.aggregator (e.g. 'median' or 'geometric_median').",
                 server_round, len(kept), self.aggregator.name)
-        metrics["aggregate-rejected"] = int(arrays is None)
         self.round_metrics[server_round] = dict(metrics)
-        return (to_record(arrays) if arrays is not None else None), metrics
-
-    def apply(self, aggregate: np.ndarray, metrics: MetricRecord) -> np.ndarray | None:
-        """The new global model (flat float64) from the aggregate of the rows."""
-        return self.x + aggregate
+        return (to_record(step.arrays) if step.arrays is not None else None), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated evaluation: the example-weighted mean of the sound replies' metrics."""
@@ -277,12 +253,13 @@ class FedAvg(FlowerFedAvg):
         """What the strategy needs to continue after its last completed round (plain
         Python and numpy; ``server.checkpoint`` saves it)."""
         return {"bytes_total": self.bytes_total, "round_metrics": dict(self.round_metrics),
-                "aggregator": self.aggregator.state_dict()}
+                "aggregator": self.aggregator.state_dict(), "algorithm": self.algorithm.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.bytes_total = int(state["bytes_total"])
         self.round_metrics = dict(state["round_metrics"])
         self.aggregator.load_state_dict(state["aggregator"])
+        self.algorithm.load_state_dict(state["algorithm"])
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,

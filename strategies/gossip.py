@@ -7,8 +7,9 @@ steps (1 is the paper's setting; momentum stays on the node) and returns y_i. Th
     X <- (11^T / n) Y   if the schedule says global average (every H iterations)
     X <- W_k Y          otherwise (one gossip step)
 
-(the math: ``strategies.schedule``, ``strategies.topology``). Gossip SGD (never global),
-Local SGD (W = I) and parallel SGD (H = 1) are configurations of this one loop.
+The mixing step is the algorithm's server half (``algorithms.gossip.GossipPGA.mix``, which
+the one-process ``engine`` calls too); this class keeps the node models, places nodes on
+the graph and checks their replies.
 
 Node i's graph index is its ``partition-id``, reported with its first reply (every node
 starts from the same x_0, so round 1 needs no index), and checked every round; it never
@@ -19,8 +20,7 @@ that stops the run (``failure_policy='stop'``), or the node is dropped and W reb
 remaining graph with Metropolis-Hastings weights (``'renormalize'``; the run stops when
 fewer than ``min_gossip_nodes`` would remain): a partial set is never averaged as if it
 were complete. The global average can be a robust one (``strategy.aggregator``).
-Flower's own round loop (``Strategy.start``) drives this; only ``configure_train`` and
-``aggregate_train`` differ from FedAvg.
+FedAvg's round loop drives this; only ``configure_train`` and ``aggregate_train`` differ.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from flwr.common import MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from algorithms.gossip import GossipPGA as GossipAlgorithm
 from client import protocol as P
 from strategies.aggregators import Aggregator
 from strategies.fedavg import FedAvg, as_numpy
 from strategies.replies import ArraySpec, Reply, ReplyError, as_integer, flat
-from strategies.schedule import AveragingSchedule, loss_statistic, mix_step, modelled_cost, without_nodes
-from strategies.topology import beta, check_mixing_matrix, consensus_distance
 
 
 class NodeFailure(RuntimeError):
@@ -67,10 +66,9 @@ def unflatten(vector: np.ndarray, layout: dict) -> ArrayRecord:
 class GossipPGA(FedAvg):
     def __init__(
         self,
+        cfg,
         run_config: ConfigRecord,
-        num_nodes: int,
-        mixing: Callable[[int], np.ndarray],
-        schedule: AveragingSchedule,
+        algorithm: GossipAlgorithm,
         failure_policy: str = "stop",
         evaluate_nodes: Callable[[list[ArrayRecord]], dict[str, float]] | None = None,
         aggregator: Aggregator | None = None,
@@ -78,21 +76,17 @@ class GossipPGA(FedAvg):
     ) -> None:
         if failure_policy not in ("stop", "renormalize"):
             raise ValueError(f"failure_policy must be 'stop' or 'renormalize', not {failure_policy!r}.")
-        for step in range(4):  # time-varying graphs: check the first few matrices
-            W = mixing(step)
-            if W.shape != (num_nodes, num_nodes):
-                raise ValueError(f"W has shape {W.shape}, expected ({num_nodes}, {num_nodes}).")
-            check_mixing_matrix(W)
-        super().__init__(run_config, fraction_train=1.0, fraction_evaluate=0.0,
-                         min_train_nodes=num_nodes, min_available_nodes=num_nodes,
+        n = algorithm.num_nodes
+        super().__init__(cfg, run_config, algorithm, fraction_train=1.0, fraction_evaluate=0.0,
+                         min_train_nodes=n, min_available_nodes=n,
                          weighting="uniform", aggregator=aggregator)
         self.min_nodes = min_nodes
-        self.n, self.mixing, self.schedule = num_nodes, mixing, schedule
+        self.n, self.mixing = n, algorithm.mixing
         self.failure_policy, self.evaluate_nodes = failure_policy, evaluate_nodes
         self.X: np.ndarray | None = None  # (n, d) node models, row = graph index
         self.layout: dict = {}
         self.node_of: dict[int, int] = {}  # graph index -> Flower node id
-        self.active: list[int] = list(range(num_nodes))  # graph indices still in the run
+        self.active: list[int] = list(range(n))  # graph indices still in the run
 
     # ------------------------------------------------------------------ send
     def configure_train(
@@ -144,35 +138,19 @@ class GossipPGA(FedAvg):
             self._learn_indices(server_round, by_node)
         self._handle_missing(server_round, by_node)
 
-        iteration = server_round - 1
         rows = [by_node[self.node_of[i]] for i in self.active]
         Y = np.stack([flat(r.arrays) for r in rows]).astype(np.float32)
         losses = [float(r.metrics[P.TRAIN_LOSS]) for r in rows]
-        W = self.mixing(iteration)
-        if len(self.active) < self.n:
-            W = without_nodes(W, self.active)
-        is_global = self.schedule.is_global(iteration, loss_statistic(losses))
-        X_active = mix_step(Y, W, is_global, self.aggregator)
+        X_active, mixed = self.algorithm.mix(Y, losses, server_round - 1, self.active, self.aggregator)
         if self.X is None:
             self.X = np.zeros((self.n, Y.shape[1]), dtype=Y.dtype)
         self.X[self.active] = X_active
-
-        model_bytes = int(Y.shape[1] * Y.itemsize)
-        modelled_bytes, hops = modelled_cost(W, is_global, model_bytes)
         metrics = MetricRecord({
-            P.TRAIN_LOSS: float(np.mean(losses)),
-            "train-loss-median": loss_statistic(losses),
-            "consensus-distance": consensus_distance(X_active),
-            "consensus-distance-before-mixing": consensus_distance(Y),
-            "global-average": int(is_global),
-            "period": self.schedule.period,
-            "beta": beta(W),
+            **mixed,
             "active-nodes": len(self.active),
             **self.comm_metrics(server_round, received),
             "num-replies": len(rows),
             "num-failures": self.n - len(rows),
-            "modelled-bytes-per-node": modelled_bytes,
-            "modelled-hops": hops,
         })
         if self.evaluate_nodes is not None:
             node_models = [unflatten(self.X[i], self.layout) for i in self.active]
@@ -274,17 +252,16 @@ class GossipPGA(FedAvg):
         self._handle_missing(server_round, by_node)
 
     def state_dict(self) -> dict:
-        """The node models by graph index, the active indices and the averaging schedule;
+        """The node models by graph index, the active indices (and, in FedAvg's part, the
+        averaging schedule);
         not the node ids, which a restart changes (``_query_indices``)."""
         return {**super().state_dict(), "X": None if self.X is None else self.X.copy(),
-                "layout": dict(self.layout), "active": list(self.active),
-                "schedule": dict(vars(self.schedule))}
+                "layout": dict(self.layout), "active": list(self.active)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.X = None if state["X"] is None else np.array(state["X"])
         self.layout, self.active = dict(state["layout"]), list(state["active"])
-        vars(self.schedule).update(state["schedule"])
         self.node_of = {}
 
     def node_state(self) -> dict[int, ArrayRecord]:

@@ -11,7 +11,7 @@ import torch
 
 from client.attacks import KINDS, attacked, is_attacker, num_attackers
 from conf import load_config
-from strategies.fedavg_reference import simulate
+from engine import run
 from tests.test_clipped import CLIENTS, FIXED, rounds
 
 
@@ -67,13 +67,14 @@ def test_hosted_strategies_equal_the_engine_under_attack(flower_identity, name, 
                        "attack.std": 0.5, "train.batch_size": 4, "train.local_steps": 3,
                        "train.lr": 0.1})
     hosted, metrics = rounds(cfg, 3)
-    records, reference = simulate(cfg, CLIENTS, rounds=3)
+    out = run(cfg, CLIENTS, rounds=3)
+    records, reference = out.records, out.state
     for key, value in reference.items():
         torch.testing.assert_close(hosted[key], value, rtol=0, atol=2e-6)
     assert [m["num-replies"] for m in metrics] == [r["num_replies"] for r in records]
     assert all(m["num-replies"] == (3 if kind == "nan" else 4) for m in metrics)
-    honest = simulate(load_config({**FIXED, "strategy.name": name, "train.batch_size": 4,
-                                   "train.local_steps": 3, "train.lr": 0.1}), CLIENTS, rounds=3)[1]
+    honest = run(load_config({**FIXED, "strategy.name": name, "train.batch_size": 4,
+                              "train.local_steps": 3, "train.lr": 0.1}), CLIENTS, rounds=3).state
     if kind not in ("weight_inflation", "nan") or name != "fedavg":  # the attack changed something
         assert any(not torch.equal(honest[k], v) for k, v in reference.items())
 
@@ -90,7 +91,7 @@ def test_mean_breaks_and_robust_rules_hold_on_digits_under_a_scaled_sign_flip():
     attack = {"attack.kind": "sign_flip", "attack.fraction": 0.3, "attack.scale": 10.0}
 
     def accuracy(**overrides) -> float:
-        records, _ = simulate(load_config({**attack, **overrides}), 10, evaluate_every=20)
+        records = run(load_config({**attack, **overrides}), 10, evaluate_every=20).records
         return records[-1]["test_accuracy"]
 
     assert accuracy(**{"strategy.aggregator": "mean"}) < 0.5
@@ -111,8 +112,8 @@ def test_the_issue_run_bgmd_under_a_30_percent_sign_flip_trains_past_085():
     the one-process engine that the Flower simulation equals (0.9053 both, seed 0). Measured:
     0.905, 0.872, 0.936 for seeds 0-2; 0.822 without mixing (`pre_aggregation='none'`)."""
     config = {"strategy.aggregator": "bgmd", "attack.kind": "sign_flip", "attack.fraction": 0.3}
-    records, _ = simulate(load_config(config), 10, evaluate_every=20)
+    records = run(load_config(config), 10, evaluate_every=20).records
     assert records[-1]["test_accuracy"] >= 0.85
-    records, _ = simulate(load_config({**config, "strategy.pre_aggregation": "none"}), 10,
-                          evaluate_every=20)
+    records = run(load_config({**config, "strategy.pre_aggregation": "none"}), 10,
+                  evaluate_every=20).records
     assert records[-1]["test_accuracy"] < 0.85

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+import engine
 from conf import load_config
-from strategies.fedavg_reference import simulate
 
 ITERATIONS = 48
 
@@ -20,8 +20,7 @@ def run(shakespeare_path, interval: int, **overrides):
         "train.batch_size": 16, "train.lr": 2.0, "strategy.clip_gamma": 0.5,
         "strategy.weighting": "uniform", **overrides,
     })
-    records, _ = simulate(cfg, 2, rounds=ITERATIONS // interval)
-    return records
+    return engine.run(cfg, 2, rounds=ITERATIONS // interval).records
 
 
 @pytest.mark.slow

@@ -80,6 +80,20 @@ def test_open_resume_refuses_what_cannot_continue_and_names_why(tmp_path):
         open_resume(ok)
 
 
+def test_a_cosine_schedule_may_resume_but_not_be_extended(tmp_path):
+    """The cosine runs over run.rounds: extending a run would rewrite the learning rate of
+    the rounds already run; a step schedule does not depend on run.rounds."""
+    for schedule in ("cosine", "warmup_cosine"):
+        path = make_run(tmp_path / schedule, rounds=3, **{"train.lr_schedule": schedule})
+        same = {"run.output_dir": str(tmp_path), "run.resume": str(path), "train.lr_schedule": schedule}
+        assert open_resume(load_config({**same, "run.rounds": 3}))[1]["round"] == 3
+        with pytest.raises(ConfigError, match="cosine runs over run.rounds"):
+            open_resume(load_config({**same, "run.rounds": 5}))
+    path = make_run(tmp_path / "step", rounds=3, **{"train.lr_schedule": "step"})
+    assert open_resume(load_config({"run.output_dir": str(tmp_path), "run.resume": str(path),
+                                    "train.lr_schedule": "step", "run.rounds": 5}))[1]["round"] == 3
+
+
 def test_a_resumed_folder_keeps_the_checkpoints_rounds_only(tmp_path):
     """A server killed after logging round 4 but before its checkpoint: round 4 is run again,
     so metrics.jsonl must not hold it twice."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from client.train import steps_for
+from algorithms.settings import RoundSettings
 from deploy.launch import LocalDeployment
 
 pytestmark = [
@@ -222,7 +222,8 @@ def test_devices_train_on_their_own_data_files_over_tls(tmp_path):
     assert status == "finished:completed", output[-3000:]
     rows = records(tmp_path / "devices")
     # one epoch over each file (batch 32), averaged with the files' sizes as weights
-    steps = [steps_for(n, 32, 20, 1) for n in sizes]
+    one_epoch = RoundSettings.fixed(lr=0.05, batch_size=32, steps=20).with_(local_epochs=1)
+    steps = [one_epoch.steps(n) for n in sizes]
     expected = sum(n * k for n, k in zip(sizes, steps, strict=True)) / sum(sizes)
     assert all(r["num_replies"] == 2 for r in rows)
     assert rows[-1]["num_steps"] == pytest.approx(expected)

@@ -12,11 +12,10 @@ import torch
 import tasks
 from client import app as client_app
 from client import protocol as P
-from client.train import local_train
 from conf import load_config
+from engine import run
 from server.app import diagnostics_of
 from server.results import METRICS_FILE, RunFolder
-from strategies.fedavg_reference import simulate
 from tasks.base import Split
 from tasks.diagnostics import (
     Tracker,
@@ -28,6 +27,7 @@ from tasks.diagnostics import (
     relative_change,
 )
 from tasks.models import MLP
+from tests.helpers import train_steps
 from tests.test_fedavg import ONE_NODE, client_context, reply_to, setup_round
 
 TEACHER = {"task.name": "teacher", "data.num_samples": 128, "model.width": 32}
@@ -142,20 +142,20 @@ def test_drift_on_a_quadratic_has_its_closed_form(duplicate, steps, every, expec
     # same gradient, so the separate full-data gradient path must give the same answer
     for batch in ([2, 1] if duplicate else [2]):
         model, data, loss_fn = quadratic(duplicate)
-        result = local_train(model, data, loss_fn, steps=steps, batch_size=batch, lr=0.1,
+        result = train_steps(model, data, loss_fn, steps=steps, batch_size=batch, lr=0.1,
                              drift_every=every)
         assert result.drift == pytest.approx(expected, abs=1e-6)
 
 
 def test_drift_off_costs_nothing_and_changes_nothing():
     model, data, loss_fn = quadratic(False)
-    off = local_train(model, data, loss_fn, steps=3, batch_size=2, lr=0.1)
+    off = train_steps(model, data, loss_fn, steps=3, batch_size=2, lr=0.1)
     model_on, _, _ = quadratic(False)
-    on = local_train(model_on, data, loss_fn, steps=3, batch_size=2, lr=0.1, drift_every=1)
+    on = train_steps(model_on, data, loss_fn, steps=3, batch_size=2, lr=0.1, drift_every=1)
     assert off.drift is None and on.drift > 0
     torch.testing.assert_close(model.weight, model_on.weight, rtol=0, atol=0)
     with pytest.raises(ValueError, match="drift_every must be >= 0"):
-        local_train(model, data, loss_fn, steps=1, batch_size=2, lr=0.1, drift_every=-1)
+        train_steps(model, data, loss_fn, steps=1, batch_size=2, lr=0.1, drift_every=-1)
 
 
 # ----------------------------------------------------------------------------- where they show up
@@ -203,10 +203,10 @@ def test_server_round_record_holds_the_diagnostics(tmp_path):
 
 def test_reference_records_hold_the_diagnostics_only_when_on():
     cfg = load_config({**TEACHER, "train.local_steps": 3})
-    records, _ = simulate(cfg, 2, rounds=1)
+    records = run(cfg, 2, rounds=1).records
     assert not (SERVER_KEYS | {"gradient_drift", "gradient_drift_max"}) & set(records[0])
     cfg = load_config({**TEACHER, "train.local_steps": 3, "run.diagnostics": True, "train.drift_every": 1})
-    records, _ = simulate(cfg, 2, rounds=2)
+    records = run(cfg, 2, rounds=2).records
     for record in records:
         assert SERVER_KEYS | {"gradient_drift", "gradient_drift_max"} <= set(record)
         assert record["gradient_drift_max"] >= record["gradient_drift"] > 0

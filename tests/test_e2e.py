@@ -58,7 +58,7 @@ def test_gossip_pga_in_flower_matches_the_reference_simulator(sim, tmp_path):
     import numpy as np
 
     from conf import load_config
-    from strategies.gossip_reference import simulate
+    from engine import run as simulate
 
     overrides = {"strategy.name": "gossip_pga", "strategy.topology": "ring", "strategy.period": 4,
                  "run.rounds": 50, "train.momentum": 0.5, "run.output_dir": str(tmp_path),
@@ -67,7 +67,7 @@ def test_gossip_pga_in_flower_matches_the_reference_simulator(sim, tmp_path):
     assert status == "finished:completed", output[-3000:]
     nodes = torch.load(tmp_path / "gossip" / "node_models.pt")
     hosted = np.stack([np.concatenate([t.numpy().ravel() for t in nodes[i].values()]) for i in range(8)])
-    reference = simulate(load_config(overrides), num_nodes=8)
+    reference = simulate(load_config(overrides), 8)
     assert np.abs(hosted - reference.X).max() < 1e-5
     assert np.abs(hosted - hosted.mean(0)).max() > 1e-3  # iterate 50 is a gossip step: models differ
     records = [json.loads(line) for line in (tmp_path / "gossip" / "metrics.jsonl").read_text().splitlines()]

@@ -14,14 +14,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 import tasks
+from algorithms.gossip import GossipPGA as GossipAlgorithm
 from client import protocol as P
-from client.train import local_train, round_seed
+from client.train import round_seed
 from conf import load_config, to_flat
+from engine import load_vector as _load
+from engine import run as simulate
+from engine import vector as _vector
 from strategies import build_strategy
-from strategies.gossip import GossipPGA, NodeFailure, flatten
-from strategies.gossip_reference import _load, _vector, simulate
+from strategies.gossip import NodeFailure, flatten
 from strategies.schedule import MAX_PERIOD_FACTOR, AveragingSchedule, mix_step, modelled_cost, without_nodes
 from strategies.topology import check_mixing_matrix, consensus_distance, ring
+from tests.helpers import train_steps
 
 # teacher regression, 64 training examples: equal IID partitions for n in {2, 4, 8}
 SMALL = {"task.name": "teacher", "data.num_samples": 80, "data.partition": "iid",
@@ -51,10 +55,11 @@ def test_a_period_below_one_is_rejected_when_built(period):
 
 def test_a_bad_mixing_matrix_is_rejected_when_the_strategy_is_built():
     bad = ring(4) * 1.1
+    cfg = load_config({"strategy.name": "gossip_pga"})
     with pytest.raises(ValueError, match="row 0 sums to 1.1"):
-        GossipPGA(ConfigRecord(), 4, lambda step: bad, AveragingSchedule("periodic", 4))
+        GossipAlgorithm(cfg, 4, mixing=lambda step: bad)
     with pytest.raises(ValueError, match="W has shape"):
-        GossipPGA(ConfigRecord(), 5, lambda step: ring(4), AveragingSchedule("periodic", 4))
+        GossipAlgorithm(cfg, 5, mixing=lambda step: ring(4))
 
 
 def test_gossip_step_keeps_the_mean_and_global_average_zeroes_consensus():
@@ -90,7 +95,7 @@ def test_identity_graph_is_local_sgd():
     for k in range(iterations):
         for i in range(n):
             _load(model, X[i])
-            local_train(model, splits[i], loss_fn, steps=1, batch_size=4, lr=0.05,
+            train_steps(model, splits[i], loss_fn, steps=1, batch_size=4, lr=0.05,
                         seed=round_seed(cfg.run.seed, i, k + 1))
             X[i] = _vector(model)
         if (k + 1) % H == 0:
@@ -110,7 +115,7 @@ def parallel_or_fedavg(cfg, n, iterations):
         updates = []
         for i in range(n):
             _load(model, x)
-            local_train(model, splits[i], loss_fn, steps=1, batch_size=4, lr=0.05,
+            train_steps(model, splits[i], loss_fn, steps=1, batch_size=4, lr=0.05,
                         seed=round_seed(cfg.run.seed, i, k + 1))
             updates.append(_vector(model).astype(np.float64))
         x = (weights @ np.stack(updates)).astype(np.float32)

@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 
-from client.train import BatchStream, global_norm, local_train, round_seed, sgd_step, steps_for
+from algorithms.settings import RoundSettings
+from client.train import BatchStream, global_norm, round_seed, sgd_step
 from tasks.base import Split
 from tasks.models import MLP
+from tests.helpers import train_steps
 
 
 def toy(n=40, seed=0):
@@ -28,7 +30,7 @@ def flat(model):
 def test_full_batch_loop_equals_torch_sgd(momentum, wd):
     model, data = toy()
     reference = copy.deepcopy(model)
-    result = local_train(model, data, torch.nn.functional.cross_entropy, steps=6,
+    result = train_steps(model, data, torch.nn.functional.cross_entropy, steps=6,
                          batch_size=len(data), lr=0.1, momentum=momentum, weight_decay=wd)
     opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=momentum, weight_decay=wd)
     losses = []
@@ -68,7 +70,7 @@ def test_clip_metrics_on_known_gradient_sequence():
     data = Split(torch.ones(1, 1), torch.zeros(1, 1))
     loss = lambda out, y: 0.5 * (out - y).pow(2).sum()
     eta, gamma = 0.5, 1.0  # clip while |w| > gamma / eta = 2
-    result = local_train(model, data, loss, steps=4, batch_size=1, lr=eta, clip_gamma=gamma)
+    result = train_steps(model, data, loss, steps=4, batch_size=1, lr=eta, clip_gamma=gamma)
     # w: 3 -> 3 - 1/3*3 = 2 (clipped, norm 3) -> 2 - 0.5*2 = 1 (norm 2: gamma/norm = eta, not
     # clipped) -> 0.5 (norm 1) -> 0.25 (norm 0.5)
     assert model.weight.item() == pytest.approx(0.25)
@@ -80,8 +82,8 @@ def test_huge_gamma_equals_unclipped_exactly():
     model, data = toy()
     clipped = copy.deepcopy(model)
     kwargs = {"steps": 5, "batch_size": 8, "lr": 0.1, "momentum": 0.9, "seed": 3}
-    local_train(model, data, torch.nn.functional.cross_entropy, **kwargs)
-    result = local_train(clipped, data, torch.nn.functional.cross_entropy, clip_gamma=1e12, **kwargs)
+    train_steps(model, data, torch.nn.functional.cross_entropy, **kwargs)
+    result = train_steps(clipped, data, torch.nn.functional.cross_entropy, clip_gamma=1e12, **kwargs)
     assert torch.equal(flat(model), flat(clipped))
     assert result.clipped_fraction == 0.0
 
@@ -91,14 +93,14 @@ def test_persisted_momentum_continues_exactly():
     model, data = toy()
     split_run = copy.deepcopy(model)
     kwargs = {"batch_size": len(data), "lr": 0.1, "momentum": 0.9}
-    local_train(model, data, torch.nn.functional.cross_entropy, steps=6, **kwargs)
-    first = local_train(split_run, data, torch.nn.functional.cross_entropy, steps=3, **kwargs)
-    local_train(split_run, data, torch.nn.functional.cross_entropy, steps=3,
+    train_steps(model, data, torch.nn.functional.cross_entropy, steps=6, **kwargs)
+    first = train_steps(split_run, data, torch.nn.functional.cross_entropy, steps=3, **kwargs)
+    train_steps(split_run, data, torch.nn.functional.cross_entropy, steps=3,
                 momentum_buffers=first.momentum, **kwargs)
     torch.testing.assert_close(flat(model), flat(split_run), rtol=0, atol=1e-6)
     # without the buffers the second round restarts momentum and ends elsewhere
     restart = copy.deepcopy(model)
-    local_train(restart, data, torch.nn.functional.cross_entropy, steps=3, **kwargs)
+    train_steps(restart, data, torch.nn.functional.cross_entropy, steps=3, **kwargs)
     assert not torch.allclose(flat(restart), flat(model))
 
 
@@ -113,9 +115,10 @@ def test_batch_stream_visits_every_example_once_per_pass_and_is_seeded():
 
 
 def test_steps_for_epochs_and_steps():
-    assert steps_for(100, 32, local_steps=7, local_epochs=0) == 7
-    assert steps_for(100, 32, local_steps=7, local_epochs=2) == 2 * 4
-    assert steps_for(10, 32, local_steps=7, local_epochs=1) == 1  # batch capped at data size
+    settings = RoundSettings.fixed(lr=0.1, batch_size=32, steps=7)
+    assert settings.steps(100) == 7
+    assert settings.with_(local_epochs=2).steps(100) == 2 * 4
+    assert settings.with_(local_epochs=1).steps(10) == 1  # batch capped at data size
 
 
 def test_round_seeds_differ_per_client_and_round():
@@ -127,7 +130,7 @@ def test_training_lowers_loss_and_rejects_empty_data():
     model, data = toy()
     loss = torch.nn.functional.cross_entropy
     before = loss(model(data.x), data.y).item()
-    local_train(model, data, loss, steps=30, batch_size=8, lr=0.1)
+    train_steps(model, data, loss, steps=30, batch_size=8, lr=0.1)
     assert loss(model(data.x), data.y).item() < before
     with pytest.raises(ValueError, match="no training data"):
-        local_train(model, data.subset([]), loss, steps=1, batch_size=8, lr=0.1)
+        train_steps(model, data.subset([]), loss, steps=1, batch_size=8, lr=0.1)
