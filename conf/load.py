@@ -171,28 +171,12 @@ def _check_value(key: str, value: Any) -> None:
 def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
     """Rules that involve more than one key; with ``num_nodes`` (the SuperNodes, = the
     partitions), also the node counts the federation must meet."""
-    task, model = cfg.task.name, cfg.model.name
-    if cfg.data.partition == "natural" and task != "shakespeare":
-        raise ConfigError(
-            "data.partition = 'natural' (split by speaking role) needs task.name = "
-            f"'shakespeare', not {task!r}; use iid, dirichlet or classes."
-        )
-    sequence_models, image_models = ("lstm", "rnn"), ("cnn",)
-    if task == "shakespeare" and model not in ("auto",) + sequence_models:
-        raise ConfigError(f"model.name = {model!r} does not fit task 'shakespeare'; use lstm or rnn.")
-    if task != "shakespeare" and model in sequence_models:
-        raise ConfigError(f"model.name = {model!r} is for task 'shakespeare' only; use mlp.")
-    if model in image_models and task not in ("fmnist", "digits"):
-        raise ConfigError(f"model.name = 'cnn' needs an image task (fmnist, digits), not {task!r}.")
-    if task == "shakespeare" and cfg.task.loss == "mse":
-        raise ConfigError("task.loss = 'mse' is not supported for 'shakespeare'; use auto.")
-    if task == "teacher" and cfg.task.loss == "cross_entropy":
-        raise ConfigError("task.loss = 'cross_entropy' does not fit the regression task 'teacher'.")
-    if task == "shakespeare" and cfg.data.partition in ("classes", "dirichlet"):
-        raise ConfigError(
-            f"data.partition = {cfg.data.partition!r} is not defined for 'shakespeare'; "
-            "use natural (by speaking role) or iid."
-        )
+    import tasks  # torch; the task's record holds its rules
+
+    try:  # the partition, model and loss must fit the task (its record says which do)
+        tasks.get_task(cfg.task.name).check(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = cfg.run.output_dir
     if not (out.startswith("~") or Path(out).is_absolute()):
         raise ConfigError(
@@ -262,23 +246,21 @@ def _memory_bytes() -> int | None:
 def _check_model_size(cfg: Config) -> None:
     """Refuse a model (or teacher network) whose float32 parameters alone exceed
     ``MAX_PARAMETERS`` or this machine's memory, before anything tries to build it."""
-    import tasks  # torch, imported only here: the rest of the funnel is plain data
+    import tasks  # torch, imported only in the checks: the rest of the funnel is plain data
     from tasks.models import parameter_count
 
-    spec, name, m, d = tasks.task_spec(cfg), tasks.model_name(cfg), cfg.model, cfg.data
+    task = tasks.get_task(cfg.task.name)
+    spec, name, m = task.spec(cfg), tasks.model_name(cfg), cfg.model
     memory = _memory_bytes()
     limit = MAX_PARAMETERS if memory is None else min(MAX_PARAMETERS, memory // 4)
     why = "2^31" if limit == MAX_PARAMETERS else "this machine's memory in float32"
     keys = {"mlp": ["model.width", "model.depth"], "cnn": ["model.width"]}.get(
         name, ["model.width", "model.depth", "model.embed_dim"])
-    if cfg.task.name == "teacher":
-        keys.append("data.input_dim")
+    keys += task.size_keys
     networks = [(f"The {name} model", parameter_count(
         name, spec.input_shape, spec.num_outputs, m.width, m.depth, m.embed_dim), keys)]
-    if cfg.task.name == "teacher":
-        teacher = parameter_count("mlp", (d.input_dim,), 1, d.teacher_width, d.teacher_depth, 0)
-        networks.append(("The teacher network", teacher,
-                         ["data.teacher_width", "data.teacher_depth", "data.input_dim"]))
+    if task.other_networks is not None:  # e.g. teacher's random teacher network
+        networks += task.other_networks(cfg)
     for what, count, knobs in networks:
         if count > limit:
             settings = ", ".join(f"{k} = {_get(cfg, k)}" for k in knobs)

@@ -1,11 +1,12 @@
 """The plain ML side of fedlocal: data, models, losses and evaluation. No flwr imports.
 
-``load_task(cfg)`` returns the task's data (cached per process, keyed by every config
-value that shapes it), ``client_split`` a client's partition of it, ``task_spec(cfg)`` the
-task's kind, outputs and input shape from the config alone (no data loaded: what a device
-with only its own data, ``tasks.local_data``, builds the model and loss from),
-``make_model`` the model, ``make_loss`` the loss and ``evaluate`` the metrics of a model
-on a split.
+Every task is one record (``tasks.registry.Task``) registered under its name in its own
+module; ``names()`` lists them and ``get_task(name)`` finds one. ``load_task(cfg)`` returns
+the task's data (cached per process, keyed by every config value that shapes it: a
+``DataKey``), ``client_split`` a client's partition of it, ``task_spec(cfg)`` the task's
+kind, outputs and input shape from the config alone (no data loaded: what a device with
+only its own data, ``tasks.local_data``, builds the model and loss from), ``make_model`` the
+model, ``make_loss`` the loss and ``evaluate`` the metrics of a model on a split.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch.nn.functional as F
 from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskData, TaskSpec
 from tasks.models import build_model
 from tasks.partition import check_partition_id, partition_all
+from tasks.registry import DataKey, PartitionKey, SplitKey, Task, get_task, names, register
 
 __all__ = [
-    "Split", "TaskData", "TaskSpec", "client_split", "evaluate", "federation", "load_task",
-    "load_test_set",
-    "make_loss", "make_model", "model_name", "pick_device", "task_spec",
+    "DataKey", "PartitionKey", "Split", "SplitKey", "Task", "TaskData", "TaskSpec",
+    "client_split", "evaluate", "federation", "get_task", "load_task", "load_test_set",
+    "make_loss", "make_model", "model_name", "names", "pick_device", "register", "task_spec",
 ]
 
 
@@ -42,52 +44,15 @@ def pick_device(requested: str = "auto") -> torch.device:
 def task_spec(cfg) -> TaskSpec:
     """The task's kind, number of outputs and input shape, from the config alone. Equal to
     what ``load_task(cfg)`` reports (tests hold them equal), without loading any data."""
-    name = cfg.task.name
-    if name in ("digits", "fmnist"):
-        from tasks.vision import DIGITS_SHAPE, FMNIST_SHAPE, NUM_CLASSES
-
-        shape = DIGITS_SHAPE if name == "digits" else FMNIST_SHAPE
-        return TaskSpec(name, CLASSIFICATION, NUM_CLASSES, shape)
-    if name == "teacher":
-        return TaskSpec(name, REGRESSION, 1, (cfg.data.input_dim,))
-    if name == "shakespeare":
-        from tasks.shakespeare import VOCAB
-
-        return TaskSpec(name, LANGUAGE, len(VOCAB), (cfg.data.seq_len,))
-    raise ValueError(f"Unknown task {name!r}.")
-
-
-def _data_key(cfg) -> tuple:
-    d = cfg.data
-    return (cfg.task.name, d.path, d.download, d.test_fraction, d.max_train, d.num_samples,
-            d.input_dim, d.teacher_width, d.teacher_depth, d.label_noise, d.seq_len, cfg.run.seed)
+    return get_task(cfg.task.name).spec(cfg)
 
 
 @lru_cache(maxsize=4)
-def _load(key: tuple) -> TaskData:
-    name, path, download, test_fraction, max_train, num_samples, input_dim, t_width, t_depth, \
-        noise, seq_len, seed = key
-    if name == "digits":
-        from tasks.vision import load_digits
-
-        data = load_digits(test_fraction, seed)
-    elif name == "fmnist":
-        from tasks.vision import load_fmnist
-
-        data = load_fmnist(path, download)
-    elif name == "teacher":
-        from tasks.teacher import load_teacher
-
-        data = load_teacher(num_samples, input_dim, t_width, t_depth, noise, test_fraction, seed)
-    elif name == "shakespeare":
-        from tasks.shakespeare import load_shakespeare
-
-        data = load_shakespeare(path, seq_len, test_fraction, seed, download)
-    else:
-        raise ValueError(f"Unknown task {name!r}.")
-    if max_train and max_train < len(data.train):
-        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
-        keep = keep[:max_train].sort().values
+def _load(key: DataKey) -> TaskData:
+    data = get_task(key.task).load(key)
+    if key.max_train and key.max_train < len(data.train):
+        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(key.seed))
+        keep = keep[:key.max_train].sort().values
         data = TaskData(
             data.train.subset(keep), data.test, data.kind, data.num_outputs, data.input_shape,
             data.labels[keep.numpy()], None if data.groups is None else data.groups[keep.numpy()],
@@ -97,26 +62,26 @@ def _load(key: tuple) -> TaskData:
 
 def load_task(cfg) -> TaskData:
     """The task's training pool and held-out test set (cached per process)."""
-    return _load(_data_key(cfg))
+    return _load(DataKey.from_config(cfg))
 
 
 def load_test_set(cfg) -> Split:
     """The held-out test set alone, not cached: the training pool it was loaded with is
     freed (the ServerApp's need; for Fashion-MNIST that is 188 MB of float32 images)."""
-    return _load.__wrapped__(_data_key(cfg)).test
+    return _load.__wrapped__(DataKey.from_config(cfg)).test
 
 
 @lru_cache(maxsize=4)
-def _partitions(key: tuple, partition: tuple, num_partitions: int) -> list:
+def _partitions(key: DataKey, partition: PartitionKey, num_partitions: int) -> list:
     """Every client's indices, computed once per process (a worker serves many clients)."""
     data = _load(key)
-    scheme, alpha, classes, min_size, seed = partition
-    return partition_all(scheme, num_partitions, data.labels, data.groups, alpha=alpha,
-                         classes_per_client=classes, min_partition_size=min_size, seed=seed)
+    return partition_all(partition.scheme, num_partitions, data.labels, data.groups,
+                         alpha=partition.alpha, classes_per_client=partition.classes_per_client,
+                         min_partition_size=partition.min_partition_size, seed=partition.seed)
 
 
 @lru_cache(maxsize=16)  # a simulation worker serves many clients; each split is a copy
-def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_id: int,
+def _client_split(key: DataKey, partition: PartitionKey, num_partitions: int, partition_id: int,
                   disk: bool) -> Split:
     check_partition_id(partition_id, num_partitions)
 
@@ -127,16 +92,15 @@ def _client_split(key: tuple, partition: tuple, num_partitions: int, partition_i
         return build()
     from tasks.cache import cached_split
 
-    data_path = key[1]  # _data_key(cfg)[1] is data.path: the cache also keys on its files
-    return cached_split((key, partition, num_partitions, partition_id), data_path, build)
+    # the disk cache also keys on the files under data.path, so a changed data set rebuilds
+    return cached_split(SplitKey(key, partition, num_partitions, partition_id), key.path, build)
 
 
 def client_split(cfg, partition_id: int, num_partitions: int, disk_cache: bool = False) -> Split:
     """Client ``partition_id``'s share of the training pool (cached per process; with
     ``disk_cache`` also on disk, for processes that live for one message: ``tasks.cache``)."""
-    d = cfg.data
-    partition = (d.partition, d.alpha, d.classes_per_client, d.min_partition_size, cfg.run.seed)
-    return _client_split(_data_key(cfg), partition, num_partitions, partition_id, disk_cache)
+    return _client_split(DataKey.from_config(cfg), PartitionKey.from_config(cfg), num_partitions,
+                         partition_id, disk_cache)
 
 
 def federation(cfg, num_clients: int):
@@ -148,9 +112,10 @@ def federation(cfg, num_clients: int):
 
 
 def model_name(cfg) -> str:
+    """``model.name``, with ``auto`` resolved to the task's default model."""
     if cfg.model.name != "auto":
         return cfg.model.name
-    return "lstm" if cfg.task.name == "shakespeare" else "mlp"
+    return get_task(cfg.task.name).default_model
 
 
 def make_model(cfg, data: TaskData | TaskSpec) -> torch.nn.Module:

@@ -6,9 +6,10 @@ partitions it again (for Fashion-MNIST: seconds and ~1 GB per message) to keep o
 client's few thousand rows. With it, the first message of a node writes its split as a
 tensor file and every later one reads just that.
 
-The file name is a hash of everything that shapes the split (the task's data key, the
-partition scheme, the number of partitions, the partition id) plus the size and
-modification time of the data file or folder, so a changed config or data set never
+The file name is a hash of everything that shapes the split (a ``tasks.registry.SplitKey``:
+the task's ``DataKey``, the ``PartitionKey``, the number of partitions, the partition id;
+its ``repr`` names every field) plus the size and modification time of the data file or
+folder, so a changed config or data set never
 reads a stale split. ``FEDLOCAL_CACHE`` picks the folder (default
 ``$XDG_CACHE_HOME/fedlocal`` or ``~/.cache/fedlocal``); ``FEDLOCAL_CACHE=off`` turns it
 off. A file that cannot be read is rebuilt; one that cannot be written is skipped.
@@ -19,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import torch
 
 from tasks.base import Split
 
-FORMAT = 1  # bump when what a key means changes
+FORMAT = 2  # bump when what a key means changes (2: named keys, tasks.registry)
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +55,10 @@ def _fingerprint(path: str) -> tuple:
     return ()
 
 
-def cached_split(key: tuple, data_path: str, build: Callable[[], Split]) -> Split:
-    """``build()``'s split, read from the cache when an identical one was built before."""
+def cached_split(key: Hashable, data_path: str, build: Callable[[], Split]) -> Split:
+    """``build()``'s split, read from the cache when an identical one was built before:
+    same ``repr(key)`` (a ``SplitKey``; any value whose repr shows all it holds) and same
+    files under ``data_path``."""
     folder = cache_dir()
     if folder is None:
         return build()

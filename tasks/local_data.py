@@ -9,11 +9,13 @@ with row i of ``y``, saved without pickles (``np.savez(path, x=inputs, y=targets
 
 - ``x``: the inputs, shape ``(N, *input_shape)`` of the run's task (digits ``(N, 1, 8, 8)``,
   fmnist ``(N, 1, 28, 28)``, teacher ``(N, data.input_dim)``); single-channel images may
-  drop the channel axis, ``(N, H, W)``. ``uint8`` images (digits, fmnist) get the task's
-  8-bit preprocessing: scaled by 1/255, and for fmnist then standardised with
-  Fashion-MNIST's mean and std exactly as the server's test images are
-  (``tasks.vision.IMAGES_FROM_UINT8``). Floating-point ``x`` is used as is: it must already
-  be what the model takes (``export`` writes that).
+  drop the channel axis, ``(N, H, W)``. ``uint8`` images (the tasks whose record has
+  ``images_from_uint8``: digits, fmnist) get the task's 8-bit preprocessing, the same
+  function the task's own loader uses: scaled by 1/255, and for fmnist then standardised
+  with Fashion-MNIST's mean and std exactly as the server's test images are;
+  multi-channel ``uint8`` images may also be channels-last, ``(N, H, W, C)``.
+  Floating-point ``x`` is used as is: it must already be what the model takes, in the
+  model's layout (``export`` writes that).
 - ``y``: classification, integer class labels in ``[0, num_outputs)``, shape ``(N,)``
   (not one-hot); regression (teacher), real targets of shape ``(N, num_outputs)``, or
   ``(N,)`` for one output.
@@ -52,8 +54,8 @@ import numpy as np
 import torch
 
 from tasks.base import CLASSIFICATION, LANGUAGE, REGRESSION, Split, TaskSpec
+from tasks.registry import get_task, names
 from tasks.shakespeare import VOCAB, cut_windows, decode, encode, normalise_newlines, window_split
-from tasks.vision import IMAGES_FROM_UINT8
 
 TEXT, ARRAYS = ".txt", ".npz"
 MAX_DEVICE_FILE_BYTES = 2**30  # default limit on x and y's size once read (uncompressed)
@@ -88,7 +90,8 @@ def check_suffix(file: Path, spec: TaskSpec) -> None:
     if suffix == want:
         return
     if suffix == TEXT:
-        raise _error(file, f"a {TEXT} file is for the character task 'shakespeare'",
+        language = " or ".join(repr(n) for n in names() if get_task(n).kind == LANGUAGE)
+        raise _error(file, f"a {TEXT} file is for the character task {language}",
                      f"{_format(spec)} (np.savez(path, x=inputs, y=targets)).")
     if suffix == ARRAYS:
         raise _error(file, f"a {ARRAYS} file does not fit task {spec.name!r}", f"{_format(spec)}.")
@@ -281,19 +284,26 @@ def _read_member(file: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) ->
         raise _damaged(file, err, info.filename.removesuffix(".npy")) from None
 
 
+def _shape(dims) -> str:
+    return f"(N, {', '.join(map(str, dims))})"
+
+
 def _inputs(file: Path, x: np.ndarray, spec: TaskSpec) -> torch.Tensor:
     want = tuple(spec.input_shape)
+    from_uint8 = get_task(spec.name).images_from_uint8
     channel_free = want[1:] if len(want) == 3 and want[0] == 1 else None
-    allowed = f"(N, {', '.join(map(str, want))})" + (
-        f" or (N, {', '.join(map(str, channel_free))})" if channel_free else "")
+    channels_last = (*want[1:], want[0]) if from_uint8 and len(want) == 3 and want[0] > 1 else None
+    if x.dtype == np.uint8 and channels_last not in (None, want) and x.shape[1:] == channels_last:
+        return from_uint8(x.transpose(0, 3, 1, 2))
+    allowed = _shape(want) + (f" or {_shape(channel_free)}" if channel_free else "") + (
+        f", or uint8 images {_shape(channels_last)}" if channels_last else "")
     if x.shape[1:] not in (want, channel_free):
         raise _error(file, f"x has shape {x.shape}; task {spec.name!r} takes inputs of shape "
                      f"{allowed}", "Check task.name and the task's data.* keys in the run config.")
-    if x.dtype == np.uint8 and spec.name in IMAGES_FROM_UINT8:
-        images = x[:, 0] if x.shape[1:] == want else x
-        return IMAGES_FROM_UINT8[spec.name](images)
+    if x.dtype == np.uint8 and from_uint8 is not None:
+        return from_uint8(x.reshape(len(x), *want))
     if not np.issubdtype(x.dtype, np.floating):
-        images = " 8-bit images as uint8, or" if spec.name in IMAGES_FROM_UINT8 else ""
+        images = " 8-bit images as uint8, or" if from_uint8 is not None else ""
         raise _error(file, f"x has dtype {x.dtype}", f"Store{images} floating-point inputs "
                      "already preprocessed as the task's are (what export writes).")
     _check_finite(file, "x", x)
@@ -407,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Write or check a device's own data file (the SuperNode's data-path).")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", default=None,
-                        help="task.name (digits, fmnist, teacher, shakespeare); default: the config's")
+                        help=f"task.name ({', '.join(names())}); default: the config's")
     common.add_argument("--run-config", default="",
                         help="the run's overrides, e.g. \"data.seq_len=40\" (what shapes the data)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -417,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--partition-id", type=int, required=True)
     export.add_argument("--num-partitions", type=int, required=True)
     export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    export.add_argument("out", help="the file to write: .npz, or .txt for shakespeare")
+    export.add_argument("out", help="the file to write: .npz, or .txt for a character task "
+                        "(shakespeare)")
     check = commands.add_parser("check", parents=[common],
                                 help="load a device file as the ClientApp would and summarise it")
     check.add_argument("file")

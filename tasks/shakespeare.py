@@ -13,7 +13,7 @@ Settings"), every role is a client's natural unit of data:
    the earlier ones the training set (a time-ordered split, as in LEAF).
 
 Nothing here depends on a random seed except ``assign_roles_to_clients``'s tie-breaking.
-No ``flwr`` import here.
+Registered here as task ``shakespeare``. No ``flwr`` import here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tasks.base import LANGUAGE, Split, TaskData
+from tasks.registry import Task, register
 
 # A fixed vocabulary, independent of the data: newline, then printable ASCII 32..126.
 VOCAB: str = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -272,3 +273,13 @@ def assign_roles_to_clients(role_sizes: np.ndarray, num_clients: int, seed: int)
         owner[role] = client
         totals[client] += sizes[role]
     return owner
+
+
+register(Task(
+    name="shakespeare", kind=LANGUAGE, num_outputs=len(VOCAB),
+    input_shape=lambda data: (data.seq_len,),
+    load=lambda key: load_shakespeare(key.path, key.seq_len, key.test_fraction, key.seed,
+                                      key.download),
+    default_model="lstm", models=("lstm", "rnn"), partitions=("natural", "iid"),
+    groups="speaking role",
+))

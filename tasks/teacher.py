@@ -4,7 +4,7 @@ The setting of Deng, Kamani, Mahdavi (AISTATS 2022), after Du et al. / Allen-Zhu
 inputs on the unit sphere (||x|| = 1), targets from a fixed random teacher
 ``f*(x) = v^T relu(W_L ... relu(W_1 x))`` with He-initialised weights, scaled to unit
 variance, plus optional Gaussian label noise. A student ReLU MLP of chosen width and
-depth is then fitted with Local SGD.
+depth is then fitted with Local SGD. Registered here as task ``teacher``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from tasks.base import REGRESSION, Split, TaskData
+from tasks.models import parameter_count
+from tasks.registry import Task, register
 
 NUM_BINS = 10  # non-IID splits bin the targets into deciles and split by bin
 
@@ -55,3 +57,21 @@ def load_teacher(
         input_shape=(input_dim,),
         labels=np.searchsorted(edges, targets).astype(np.int64),
     )
+
+
+def _teacher_network(cfg) -> list[tuple[str, int, list[str]]]:
+    """The teacher is a ReLU MLP too: the config's size check counts it."""
+    d = cfg.data
+    count = parameter_count("mlp", (d.input_dim,), 1, d.teacher_width, d.teacher_depth, 0)
+    return [("The teacher network", count,
+             ["data.teacher_width", "data.teacher_depth", "data.input_dim"])]
+
+
+register(Task(
+    name="teacher", kind=REGRESSION, num_outputs=1,
+    input_shape=lambda data: (data.input_dim,),
+    load=lambda key: load_teacher(key.num_samples, key.input_dim, key.teacher_width,
+                                  key.teacher_depth, key.label_noise, key.test_fraction, key.seed),
+    default_model="mlp", models=("mlp",),
+    size_keys=("data.input_dim",), other_networks=_teacher_network,
+))

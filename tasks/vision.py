@@ -1,4 +1,5 @@
-"""Image classification tasks: scikit-learn's digits (embedded) and Fashion-MNIST."""
+"""Image classification tasks: scikit-learn's digits (embedded) and Fashion-MNIST, each
+registered here (``tasks.registry``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from tasks.base import CLASSIFICATION, Split, TaskData
+from tasks.registry import Task, register
 
 NUM_CLASSES = 10
 DIGITS_SHAPE = (1, 8, 8)
@@ -125,10 +127,11 @@ def load_fmnist(path: str, download: bool) -> TaskData:
     """Fashion-MNIST from IDX files: data.path, then Debian's package, then torchvision."""
     folder = locate_fmnist(path, download)
     arrays = {key: _read_idx(_idx_file(folder, name)) for key, name in FMNIST_FILES.items()}
-    images = IMAGES_FROM_UINT8["fmnist"]
     return TaskData(
-        train=Split(images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64))),
-        test=Split(images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64))),
+        train=Split(standardised(arrays["train_x"][:, None]),
+                    torch.from_numpy(arrays["train_y"].astype(np.int64))),
+        test=Split(standardised(arrays["test_x"][:, None]),
+                   torch.from_numpy(arrays["test_y"].astype(np.int64))),
         kind=CLASSIFICATION,
         num_outputs=NUM_CLASSES,
         input_shape=FMNIST_SHAPE,
@@ -136,16 +139,27 @@ def load_fmnist(path: str, download: bool) -> TaskData:
     )
 
 
-def _scaled(raw: np.ndarray) -> torch.Tensor:
-    """(N, H, W) uint8 -> (N, 1, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.array(raw, dtype=np.uint8)).float().div_(255.0).unsqueeze(1)
-
-
-def _standardised(raw: np.ndarray) -> torch.Tensor:
-    """Fashion-MNIST's input: scaled to [0, 1], then the training set's mean/std removed."""
-    return _scaled(raw).sub_(FMNIST_MEAN).div_(FMNIST_STD)
-
-
-# What each image task makes of 8-bit (N, H, W) images: the server's Fashion-MNIST
+# What each image task makes of 8-bit (N, 1, H, W) images: the server's Fashion-MNIST
 # images and a device's uint8 file (tasks.local_data) go through the same function.
-IMAGES_FROM_UINT8 = {"digits": _scaled, "fmnist": _standardised}
+def scaled(raw: np.ndarray) -> torch.Tensor:
+    """(N, 1, H, W) uint8 -> float32 in [0, 1] (digits' input)."""
+    return torch.from_numpy(np.array(raw, dtype=np.uint8)).float().div_(255.0)
+
+
+def standardised(raw: np.ndarray) -> torch.Tensor:
+    """Fashion-MNIST's input: scaled to [0, 1], then the training set's mean/std removed."""
+    return scaled(raw).sub_(FMNIST_MEAN).div_(FMNIST_STD)
+
+
+register(Task(
+    name="digits", kind=CLASSIFICATION, num_outputs=NUM_CLASSES,
+    input_shape=lambda data: DIGITS_SHAPE,
+    load=lambda key: load_digits(key.test_fraction, key.seed),
+    default_model="mlp", models=("mlp", "cnn"), images_from_uint8=scaled,
+))
+register(Task(
+    name="fmnist", kind=CLASSIFICATION, num_outputs=NUM_CLASSES,
+    input_shape=lambda data: FMNIST_SHAPE,
+    load=lambda key: load_fmnist(key.path, key.download),
+    default_model="mlp", models=("mlp", "cnn"), images_from_uint8=standardised,
+))

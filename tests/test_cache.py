@@ -68,3 +68,20 @@ def test_off_never_touches_the_disk(tmp_path, monkeypatch):
     cached_split(("k",), "", build)
     cached_split(("k",), "", build)
     assert build.calls == 2 and not any(tmp_path.iterdir())
+
+
+def test_named_split_keys_tell_splits_apart(cache):
+    """The key tasks passes (a SplitKey): any field that differs gives another file."""
+    from tasks.registry import DataKey, PartitionKey, SplitKey
+
+    data = DataKey("digits", "auto", True, 0.2, 0, 512, 16, 32, 2, 0.0, 80, 0)
+    part = PartitionKey("dirichlet", 0.5, 2, 10, 0)
+    build = Builder()
+    for key in [SplitKey(data, part, 4, 0), SplitKey(data, part, 4, 1),
+                SplitKey(data, PartitionKey("iid", 0.5, 2, 10, 0), 4, 0),
+                SplitKey(DataKey("digits", "auto", True, 0.2, 0, 512, 16, 32, 2, 0.0, 80, 1),
+                         part, 4, 0)]:
+        cached_split(key, "", build)
+    assert build.calls == 4 and len(list(cache.glob("split-*.pt"))) == 4
+    cached_split(SplitKey(data, part, 4, 1), "", build)
+    assert build.calls == 4

@@ -380,3 +380,49 @@ def test_load_test_set_is_the_test_split_and_is_not_cached():
     full = tasks.load_task(cfg).test
     assert torch.equal(test.x, full.x) and torch.equal(test.y, full.y)
     assert tasks.load_test_set(cfg).x is not test.x  # loaded afresh, so the pool can be freed
+
+
+# ----------------------------------------------------------------------- the registry
+def test_names_are_every_task_module_and_sorted():
+    assert tasks.names() == ["digits", "fmnist", "shakespeare", "teacher"]
+    from conf.schema import TaskSection, registered
+
+    choices = TaskSection.__dataclass_fields__["name"].metadata["choices"]
+    assert isinstance(choices, registered) and list(choices) == tasks.names()
+
+
+def test_get_task_names_the_choices():
+    assert tasks.get_task("teacher").default_model == "mlp"
+    with pytest.raises(ValueError, match="Unknown task.name 'mnist'; choose one of digits, fmnist"):
+        tasks.get_task("mnist")
+
+
+def test_a_second_record_under_a_taken_name_is_refused():
+    digits = tasks.get_task("digits")
+    with pytest.raises(ValueError, match="Two tasks are registered as 'digits'"):
+        tasks.register(tasks.Task(**{**digits.__dict__, "default_model": "cnn"}))
+    assert tasks.get_task("digits") is digits
+    with pytest.raises(ValueError, match="default_model 'lstm' is not among its models"):
+        tasks.register(tasks.Task(**{**digits.__dict__, "name": "x", "default_model": "lstm"}))
+
+
+@pytest.mark.parametrize("name", ["digits", "fmnist", "teacher", "shakespeare"])
+def test_every_record_is_consistent_with_the_config(name):
+    """Its default config passes its own check, builds its default model, and names a
+    partition, model and loss set the config accepts."""
+    task = tasks.get_task(name)
+    cfg = load_config({"task.name": name})
+    task.check(cfg)
+    assert tasks.model_name(cfg) == task.default_model and task.models[0] == task.default_model
+    assert tasks.task_spec(cfg) == task.spec(cfg)
+    assert tasks.make_model(cfg, task.spec(cfg)) is not None
+
+
+def test_data_keys_are_named():
+    cfg = config("digits", **{"data.path": "/x", "run.seed": 3})
+    key = tasks.DataKey.from_config(cfg)
+    assert (key.task, key.path, key.seed, key.test_fraction) == ("digits", "/x", 3, 0.2)
+    assert repr(key).startswith("DataKey(task='digits', path='/x', download=True")
+    split = tasks.SplitKey(key, tasks.PartitionKey.from_config(cfg), 4, 1)
+    assert split.partition.scheme == "dirichlet" and split.data.path == "/x"
+    assert hash(split) == hash(tasks.SplitKey(key, tasks.PartitionKey.from_config(cfg), 4, 1))
