@@ -4,16 +4,17 @@ central data set. No flwr imports.
 The on-disk format (``export`` below writes it from a central client split; ``check``
 reads a file and summarises it):
 
-``.npz`` (digits, fmnist, teacher): a NumPy archive with two arrays, row i of ``x`` going
-with row i of ``y``, saved without pickles (``np.savez(path, x=inputs, y=targets)``).
+``.npz`` (digits, fmnist, cifar10, teacher): a NumPy archive with two arrays, row i of ``x``
+going with row i of ``y``, saved without pickles (``np.savez(path, x=inputs, y=targets)``).
 
 - ``x``: the inputs, shape ``(N, *input_shape)`` of the run's task (digits ``(N, 1, 8, 8)``,
-  fmnist ``(N, 1, 28, 28)``, teacher ``(N, data.input_dim)``); single-channel images may
-  drop the channel axis, ``(N, H, W)``. ``uint8`` images (the tasks whose record has
-  ``images_from_uint8``: digits, fmnist) get the task's 8-bit preprocessing, the same
-  function the task's own loader uses: scaled by 1/255, and for fmnist then standardised
-  with Fashion-MNIST's mean and std exactly as the server's test images are;
-  multi-channel ``uint8`` images may also be channels-last, ``(N, H, W, C)``.
+  fmnist ``(N, 1, 28, 28)``, cifar10 ``(N, 3, 32, 32)``, teacher ``(N, data.input_dim)``);
+  single-channel images may drop the channel axis, ``(N, H, W)``. ``uint8`` images (the
+  tasks whose record has ``images_from_uint8``: digits, fmnist, cifar10) get the task's
+  8-bit preprocessing, the same function the task's own loader uses: scaled by 1/255, and
+  for fmnist and cifar10 then standardised with the training set's mean and std (per
+  channel for cifar10) exactly as the server's test images are; multi-channel ``uint8``
+  images may also be channels-last, ``(N, H, W, C)`` (cifar10 ``(N, 32, 32, 3)``).
   Floating-point ``x`` is used as is: it must already be what the model takes, in the
   model's layout (``export`` writes that).
 - ``y``: classification, integer class labels in ``[0, num_outputs)``, shape ``(N,)``

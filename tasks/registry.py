@@ -1,6 +1,6 @@
 """The task registry: one ``Task`` record per task, registered under its name in its own
 module (``tasks/vision.py``: digits and fmnist, ``tasks/teacher.py``,
-``tasks/shakespeare.py``). No flwr imports.
+``tasks/shakespeare.py``, ``tasks/cifar10.py``). No flwr imports.
 
 Everything fedlocal does by task name goes through the record: loading the data
 (``tasks.load_task``), the model and loss's view of the task (``tasks.task_spec``), what

@@ -384,7 +384,7 @@ def test_load_test_set_is_the_test_split_and_is_not_cached():
 
 # ----------------------------------------------------------------------- the registry
 def test_names_are_every_task_module_and_sorted():
-    assert tasks.names() == ["digits", "fmnist", "shakespeare", "teacher"]
+    assert tasks.names() == ["cifar10", "digits", "fmnist", "shakespeare", "teacher"]
     from conf.schema import TaskSection, registered
 
     choices = TaskSection.__dataclass_fields__["name"].metadata["choices"]
@@ -393,7 +393,7 @@ def test_names_are_every_task_module_and_sorted():
 
 def test_get_task_names_the_choices():
     assert tasks.get_task("teacher").default_model == "mlp"
-    with pytest.raises(ValueError, match="Unknown task.name 'mnist'; choose one of digits, fmnist"):
+    with pytest.raises(ValueError, match="Unknown task.name 'mnist'; choose one of cifar10, digits"):
         tasks.get_task("mnist")
 
 
@@ -406,7 +406,7 @@ def test_a_second_record_under_a_taken_name_is_refused():
         tasks.register(tasks.Task(**{**digits.__dict__, "name": "x", "default_model": "lstm"}))
 
 
-@pytest.mark.parametrize("name", ["digits", "fmnist", "teacher", "shakespeare"])
+@pytest.mark.parametrize("name", ["digits", "fmnist", "teacher", "shakespeare", "cifar10"])
 def test_every_record_is_consistent_with_the_config(name):
     """Its default config passes its own check, builds its default model, and names a
     partition, model and loss set the config accepts."""
