@@ -1,12 +1,12 @@
 """The clipped-FedAvg row (workload ``clipped-shakespeare``): fedlocal's CELGC on tiny
-Shakespeare against its one-process reference simulator.
+Shakespeare against the same algorithm in its one-process engine.
 
     python -m bench.clipped_compare [--shakespeare-rounds 8] [--shakespeare PATH] [--deployment]
 
 Clipped FedAvg (CELGC), character LSTM on tiny Shakespeare (``--shakespeare``; skipped if
 absent), 8 IID clients, I = 4 local steps of batch 16, eta = 20, gamma = 5,
-``--shakespeare-rounds`` rounds (8). ``engine``: ``strategies.fedavg_reference`` timed per
-round (``bench.pure_reference``); ``simulation``: fedlocal in Flower's simulation engine;
+``--shakespeare-rounds`` rounds (8). ``engine``: fedlocal's one-process engine timed per
+round (``bench.engine_timing``); ``simulation``: fedlocal in Flower's simulation engine;
 with ``--deployment``, ``deployment_warm`` on 8 SuperNode processes. No target: the ratio
 is reported.
 
@@ -32,7 +32,7 @@ from bench.systems import (
     deployment_available,
     deployment_rounds,
     run_deployment_warm,
-    run_engine_reference,
+    run_engine,
     run_fedlocal,
 )
 
@@ -74,9 +74,9 @@ def run(args) -> dict:
     result: dict = {"clients": clients, "rounds": rounds, "config": overrides,
                     "samples_per_round": samples, "systems": {}}
     systems = result["systems"]
-    log("engine: the reference simulator (strategies.fedavg_reference), no Flower")
-    systems["engine"] = run_engine_reference("fedavg", overrides, clients, rounds,
-                                             args.engine_threads, samples)
+    log("engine: fedlocal's one-process engine, no Flower")
+    systems["engine"] = run_engine(overrides, clients, rounds, args.engine_threads,
+                                   samples=samples)
     log(f"    median {systems['engine']['median']:.3f} s/round")
     log("simulation: fedlocal in Flower's simulation engine")
     systems["simulation"] = run_fedlocal(overrides, clients, rounds, samples, args.app_dir)
@@ -100,8 +100,7 @@ def markdown(report: dict, clipped: dict) -> list[str]:
         f"gamma = 5, {clipped['rounds']} rounds",
         "",
         *reference_rows(clipped, {
-            "engine": "engine: pure compute, no Flower = the reference simulator "
-                      "(`fedavg_reference`)",
+            "engine": "engine: pure compute, no Flower",
             "simulation": "simulation: fedlocal, Flower's simulation engine",
             "deployment_warm": deployment_name(clipped)}, "round"),
         "",

@@ -37,7 +37,7 @@ NAME = "fedavg-fmnist"
 QUICK = "2 rounds, engine once (no engine_again)"
 DEPLOYMENT = True  # takes --deployment
 # The fmnist workload as fedlocal config keys; batch size and lr stay the task's defaults.
-# example-weighted, as bench.pure's FedAvg by hand (the app's default weighting is uniform)
+# example-weighted as Flower's FedAvg in quickstart_baseline (the app's default is uniform)
 FEDAVG_FMNIST = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition": "dirichlet",
                  "data.alpha": 0.5, "run.seed": 0, "strategy.weighting": "examples"}
 # (system, its label in the table), in the table's order

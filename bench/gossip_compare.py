@@ -1,12 +1,12 @@
 """The Gossip-PGA comparison (workload ``gossip-digits``): fedlocal's hosted Gossip-PGA
-against its one-process reference simulator.
+against the same algorithm in its one-process engine.
 
     python -m bench.gossip_compare [--gossip-rounds 30] [--deployment] [--quick]
 
 Gossip-PGA on digits (ReLU MLP), 16 nodes on a ring, a global average every 4
 iterations, 1 local step (batch 32) per iteration, ``--gossip-rounds`` iterations (30).
-``engine``: the one-process reference simulator ``strategies.gossip_reference`` timed per
-iteration (``bench.pure_reference``); ``simulation``: fedlocal in Flower's simulation
+``engine``: fedlocal's one-process engine timed per iteration (``bench.engine_timing``),
+training and mixing only (no evaluation); ``simulation``: fedlocal in Flower's simulation
 engine with ``strategy.evaluate_nodes=false`` (the ratio), and ``simulation_eval_nodes``
 with the default ``true`` (not with ``--quick``); with ``--deployment``,
 ``deployment_warm`` as ``simulation`` on 16 SuperNode processes. Target:
@@ -33,7 +33,7 @@ from bench.systems import (
     deployment_available,
     deployment_rounds,
     run_deployment_warm,
-    run_engine_reference,
+    run_engine,
     run_fedlocal,
 )
 
@@ -67,9 +67,9 @@ def run(args) -> dict:
     result: dict = {"nodes": nodes, "rounds": rounds, "config": config,
                     "samples_per_round": samples, "systems": {}}
     systems = result["systems"]
-    log("engine: the reference simulator (strategies.gossip_reference), no Flower")
-    systems["engine"] = run_engine_reference("gossip", config, nodes, rounds, args.engine_threads,
-                                             samples)
+    log("engine: fedlocal's one-process engine, no Flower, no evaluation")
+    systems["engine"] = run_engine(config, nodes, rounds, args.engine_threads, evaluate=False,
+                                   samples=samples)
     log(f"    median {systems['engine']['median']:.4f} s/iteration")
     log("simulation: fedlocal in Flower's simulation engine, strategy.evaluate_nodes=false")
     systems["simulation"] = run_fedlocal({**config, "strategy.evaluate_nodes": False}, nodes,
@@ -104,8 +104,7 @@ def markdown(report: dict, gossip: dict) -> list[str]:
         f"1 local step (batch 32) per iteration, {gossip['rounds']} iterations, digits ReLU MLP",
         "",
         *reference_rows(gossip, {
-            "engine": "engine: pure compute, no Flower = the reference simulator "
-                      "(`gossip_reference`)",
+            "engine": "engine: pure compute, no Flower",
             "simulation": "simulation: fedlocal, Flower's simulation engine, "
                           "`evaluate_nodes=false`",
             "simulation_eval_nodes": "simulation_eval_nodes: the same, `evaluate_nodes=true` "

@@ -77,8 +77,8 @@ def per_round_line(work: dict, keys: list[str], digits: int = 3) -> str:
 
 
 def reference_rows(work: dict, names: dict, unit: str) -> list[str]:
-    """The table of a workload measured against its reference simulator (``engine``),
-    one row per system in ``names`` (key: label) that ran."""
+    """The table of gossip-digits / clipped-shakespeare: one row per system in ``names``
+    (key: label) that ran, against ``engine``."""
     engine = work["systems"]["engine"]["median"]
     rows = []
     for key, name in names.items():

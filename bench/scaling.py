@@ -52,8 +52,7 @@ def run(args) -> dict:
         config = {**overrides, "strategy.min_train_nodes": min_nodes,
                   "strategy.min_available_nodes": clients}
         log(f"scaling: {clients} clients, {min_nodes} sampled per round, {args.scaling_rounds} rounds")
-        engine = run_engine(config, clients, args.scaling_rounds, args.engine_threads,
-                            fraction=0.1, min_nodes=min_nodes)
+        engine = run_engine(config, clients, args.scaling_rounds, args.engine_threads)
         examples = round(sum(engine["examples_per_round"]) / len(engine["examples_per_round"]))
         sim = run_fedlocal(config, clients, args.scaling_rounds, examples, args.app_dir)
         log(f"    simulation median {sim['median']:.3f} s/round, engine {engine['median']:.3f}, "

@@ -4,11 +4,11 @@ Every job runs some of these on its workload and files each result under its nam
 the JSON, the tables and the logs):
 
 ``engine``
-    the workload in one process without Flower: ``bench.pure`` (FedAvg by hand) for the
-    FedAvg workloads, ``bench.pure_reference`` (fedlocal's one-process reference
-    simulators) for Gossip-PGA and clipped FedAvg; a subprocess of its own, so that its
-    memory is measured alone. ``engine_again``: the same, run once more at the end of
-    fedavg-fmnist, so that drift over the run shows.
+    the workload in one process without Flower: fedlocal's engine (``engine.run``, the same
+    client and server halves as the Flower strategies), timed round by round by
+    ``bench.engine_timing`` in a subprocess of its own, so that its memory is measured
+    alone. ``engine_again``: the same, run once more at the end of fedavg-fmnist, so that
+    drift over the run shows.
 ``simulation``
     fedlocal in Flower's simulation engine, on a private simulation SuperLink
     (``bench.simulation.AppSimulation``), one CPU per simulated client.
@@ -86,44 +86,31 @@ def run_measured(module: str, args: list[str]) -> tuple[dict, float, TreeMemory]
         return json.loads(out.read_text()), wall, memory
 
 
-def run_engine(overrides: dict, clients: int, rounds: int, threads: int, fraction: float = 1.0,
-               min_nodes: int = 2) -> dict:
-    """``engine`` for the FedAvg workloads (``bench.pure``), in a subprocess of its own."""
+def run_engine(overrides: dict, clients: int, rounds: int, threads: int, evaluate: bool = True,
+               samples: int | None = None) -> dict:
+    """``engine``: the workload in fedlocal's one-process engine (``bench.engine_timing``:
+    ``engine.run`` timed round by round), in a subprocess of its own. Which clients a round
+    trains comes from the config (``strategy.fraction_train``, ``strategy.min_train_nodes``).
+    ``evaluate``: test the global model after every round, as the ServerApp does;
+    ``samples``: a round's samples for samples/s (default: the first round's examples)."""
     result, wall, memory = run_measured(
-        "bench.pure", ["--clients", str(clients), "--rounds", str(rounds), "--fraction",
-                       str(fraction), "--min-nodes", str(min_nodes), "--threads", str(threads),
-                       "--overrides", json.dumps(overrides)])
+        "bench.engine_timing", ["--clients", str(clients), "--rounds", str(rounds), "--threads",
+                                str(threads), "--overrides", json.dumps(overrides),
+                                *(["--evaluate"] if evaluate else [])])
     records = result["rounds"]
-    examples = records[0]["examples"] if records else None
-    return {
-        **round_stats([r["seconds"] for r in records], examples),
-        "startup": result["startup"],
-        "wall": wall,
-        "memory": memory.as_dict(),
-        "examples_per_round": [r["examples"] for r in records],
-        "train_seconds": [r["train_seconds"] for r in records],
-        "final_test_accuracy": records[-1]["test_accuracy"] if records else None,
-        "torch_threads": result["torch_threads"],
-        "device": result["device"],
-    }
-
-
-def run_engine_reference(kind: str, overrides: dict, clients: int, rounds: int, threads: int,
-                         samples: int) -> dict:
-    """``engine`` for gossip-digits / clipped-shakespeare: fedlocal's one-process
-    reference simulator (``bench.pure_reference``) in a subprocess of its own."""
-    result, wall, memory = run_measured(
-        "bench.pure_reference", ["--kind", kind, "--clients", str(clients), "--rounds",
-                                 str(rounds), "--threads", str(threads),
-                                 "--overrides", json.dumps(overrides)])
+    if samples is None:
+        samples = records[0]["examples"] if records else None
     return {
         **round_stats(result["round_seconds"], samples),
         "startup": result["startup"],
         "wall": wall,
         "memory": memory.as_dict(),
+        "examples_per_round": [r["examples"] for r in records],
+        "train_seconds": [r["train_seconds"] for r in records],
         "final_test_accuracy": result.get("final_test_accuracy"),
         "final_train_loss": result.get("final_train_loss"),
         "torch_threads": result["torch_threads"],
+        "device": result["device"],
     }
 
 

@@ -58,8 +58,9 @@ def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch)
         monkeypatch.setattr(job, "run_fedlocal", simulation)
         monkeypatch.setattr(job, "run_deployment_warm", deployment)
         monkeypatch.setattr(job, "deployment_available", lambda: True)
-    for job in (gossip_compare, clipped_compare):
-        monkeypatch.setattr(job, "run_engine_reference", lambda *a, **k: _system(0.1, 0.05))
+    monkeypatch.setattr(gossip_compare, "run_engine", lambda *a, evaluate, samples: _system(
+        0.1, 0.05, evaluate=evaluate))  # the engine of gossip-digits only trains and mixes
+    monkeypatch.setattr(clipped_compare, "run_engine", lambda *a, **k: _system(0.1, 0.05))
     monkeypatch.setattr(fedavg_compare, "run_engine", engine)
     monkeypatch.setattr(fedavg_compare, "run_quickstart_baseline", lambda *a, **k: _system(9.0, 3.0))
     monkeypatch.setattr("bench.baseline_data.prepare", lambda path: None)
@@ -95,6 +96,7 @@ def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch)
     assert fed["targets"] == {"simulation_within_1.3x_engine": True,
                               "fedlocal_2x_faster_than_quickstart_baseline": True}
     gossip = report["workloads"]["gossip-digits"]
+    assert gossip["systems"]["engine"]["evaluate"] is False
     assert set(gossip["systems"]) == {"engine", "simulation", "simulation_eval_nodes",
                                       "deployment_warm"}
     assert gossip["targets"] == {"simulation_within_3x_engine": False}
