@@ -188,6 +188,12 @@ def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
             "strategy.min_available_nodes must be >= strategy.min_train_nodes "
             f"({cfg.strategy.min_available_nodes} < {cfg.strategy.min_train_nodes})."
         )
+    import algorithms
+
+    try:  # what the algorithm itself cannot run
+        algorithms.get(cfg.strategy.name).check(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     check_nodes(cfg.strategy, num_nodes)
     _check_model_size(cfg)
 
@@ -196,7 +202,9 @@ def check_nodes(s, num_nodes: int | None) -> None:
     """Node counts (``s``: the strategy section): gossip needs a graph, a round needs the
     replies it asks for. ``load_config(..., num_nodes)`` runs it; the ServerApp runs it again
     once it knows how many nodes are connected."""
-    gossip = s.name == "gossip_pga"
+    import algorithms
+
+    gossip = algorithms.get(s.name).decentralized  # one model per node, on a graph
     if s.min_replies >= 1 and s.min_replies != int(s.min_replies):
         raise ConfigError(
             f"strategy.min_replies = {s.min_replies:g}: from 1 on it is a count of replies and "
@@ -206,12 +214,12 @@ def check_nodes(s, num_nodes: int | None) -> None:
         raise ConfigError(f"{num_nodes} nodes: a federation needs at least one node.")
     if gossip and num_nodes is not None and num_nodes < 2:
         raise ConfigError(
-            f"gossip_pga needs at least 2 nodes (a graph to gossip on) but the federation has "
+            f"{s.name} needs at least 2 nodes (a graph to gossip on) but the federation has "
             f"{num_nodes} node; start more SuperNodes or use strategy.name = 'fedavg'."
         )
     if gossip and s.min_available_nodes < 2:
         raise ConfigError(
-            "strategy.name = 'gossip_pga' builds its graph on the nodes connected when the run "
+            f"strategy.name = '{s.name}' builds its graph on the nodes connected when the run "
             f"starts, and strategy.min_available_nodes = {s.min_available_nodes} lets it start "
             "with one node (no neighbour to gossip with); set strategy.min_available_nodes to "
             "the number of nodes, at least 2."
