@@ -26,6 +26,7 @@ import torch
 from algorithms.settings import RoundSettings
 from client import protocol as P
 from client.train import LocalResult, local_train
+from results import metrics as M
 from strategies.replies import ArraySpec, unflat
 
 
@@ -122,11 +123,11 @@ def server_step(algorithm: Algorithm, aggregator, x: np.ndarray, rows: np.ndarra
     started = time.perf_counter()
     result = aggregator(updates, weights, keys=keys)
     metrics = {key: float(value) for key, value in result.info.items()}
-    metrics["aggregation-seconds"] = time.perf_counter() - started
+    metrics[M.AGGREGATION_SECONDS] = time.perf_counter() - started
     new, info = algorithm.server_update(x, result.vector, settings, specs)
     metrics.update(info)
     arrays = unflat(new, specs)
     if not all(np.isfinite(v).all() for v in arrays.values()):
         arrays = None
-    metrics["aggregate-rejected"] = int(arrays is None)
+    metrics[M.AGGREGATE_REJECTED] = int(arrays is None)
     return ServerStep(arrays, metrics)

@@ -30,6 +30,7 @@ import torch
 from algorithms import register
 from algorithms.base import Algorithm, ClientUpdate
 from client.train import LocalResult, clipped_step, global_norm, minibatch_gradient
+from results import metrics as M
 from strategies.replies import flat, unflat
 
 
@@ -85,8 +86,8 @@ class NaiveClipping(Algorithm):
         new = flat({k: v.numpy() for k, v in state.items()})
         if np.isfinite(new).all():
             self.buffers[:] = buffers
-        return new, {"clip-fraction": float(settings.clip_gamma / max(norm, 1e-12) < settings.lr),
-                     "mean-grad-norm": norm}
+        return new, {M.CLIP_FRACTION: float(settings.clip_gamma / max(norm, 1e-12) < settings.lr),
+                     M.MEAN_GRAD_NORM: norm}
 
     def state_dict(self) -> dict:
         return {"buffers": [b.clone() for b in self.buffers]}

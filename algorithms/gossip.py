@@ -20,6 +20,7 @@ import numpy as np
 
 from algorithms import register
 from algorithms.base import Algorithm
+from results import metrics as M
 from strategies.schedule import AveragingSchedule, loss_statistic, mix_step, modelled_cost, without_nodes
 from strategies.topology import beta, build_topology, check_mixing_matrix, consensus_distance
 
@@ -55,15 +56,15 @@ class GossipPGA(Algorithm):
         X = mix_step(Y, W, is_global, aggregator)
         modelled_bytes, hops = modelled_cost(W, is_global, int(Y.shape[1] * Y.itemsize))
         return X, {
-            "train-loss": float(np.mean(losses)),
-            "train-loss-median": loss_statistic(losses),
-            "consensus-distance": consensus_distance(X),
-            "consensus-distance-before-mixing": consensus_distance(Y),
-            "global-average": int(is_global),
-            "period": self.schedule.period,
-            "beta": beta(W),
-            "modelled-bytes-per-node": modelled_bytes,
-            "modelled-hops": hops,
+            M.TRAIN_LOSS: float(np.mean(losses)),
+            M.TRAIN_LOSS_MEDIAN: loss_statistic(losses),
+            M.CONSENSUS_DISTANCE: consensus_distance(X),
+            M.CONSENSUS_DISTANCE_BEFORE_MIXING: consensus_distance(Y),
+            M.GLOBAL_AVERAGE: int(is_global),
+            M.PERIOD: self.schedule.period,
+            M.BETA: beta(W),
+            M.MODELLED_BYTES_PER_NODE: modelled_bytes,
+            M.MODELLED_HOPS: hops,
         }
 
     def state_dict(self) -> dict:

@@ -33,8 +33,8 @@ from algorithms.base import reply_metrics
 from algorithms.settings import round_settings
 from client import protocol as P
 from client.attacks import KINDS, attacked, is_attacker
+from client.runtime import process_age
 from client.train import round_seed
-from client.worker import process_age
 from conf import from_flat
 from tasks.local_data import load_local
 from tasks.partition import check_partition_id
@@ -114,7 +114,7 @@ def query(msg: Message, context: Context) -> Message:
     if partition_id is None:
         raise ValueError("Gossip-PGA places every node on its graph by partition-id, and this "
                          "SuperNode has none; give every SuperNode a distinct partition-id.")
-    return Message(RecordDict({P.METRICS: MetricRecord({P.PARTITION_ID: partition_id})}), reply_to=msg)
+    return Message(RecordDict({P.METRICS: MetricRecord({P.INDEX: partition_id})}), reply_to=msg)
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -144,7 +144,7 @@ def train(msg: Message, context: Context) -> Message:
             {str(i): b for i, b in enumerate(update.result.momentum)})
     metrics = _metrics(update.result, settings)
     if want_index:
-        metrics[P.PARTITION_ID] = partition_id
+        metrics[P.INDEX] = partition_id
     arrays = update.arrays
     kind = attack_kind(cfg, context, partition_id)
     if kind is not None:
@@ -202,7 +202,7 @@ def broken_reply(content: RecordDict, fault: str) -> RecordDict:
     elif fault == "float64_huge":
         arrays[first] = np.full(arrays[first].shape, 1e300, np.float64)
     elif fault == "extra_metric":
-        metrics["rogue-metric"] = 1.0
+        metrics["rogue_metric"] = 1.0
     else:
         metrics = MetricRecord()
     record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})

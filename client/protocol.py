@@ -15,7 +15,7 @@ METRICS = "metrics"
 
 # per-round values in CONFIG
 SERVER_ROUND = "server-round"
-WANT_PARTITION_ID = "want-partition-id"  # reply with PARTITION_ID in the metrics (gossip)
+WANT_PARTITION_ID = "want-partition-id"  # reply with INDEX (the partition-id) in the metrics (gossip)
 
 # node config (simulation: set by Flower; deployment: --node-config)
 PARTITION_ID = "partition-id"
@@ -24,27 +24,31 @@ DATA_PATH = "data-path"  # a device's own data file (tasks.local_data); replaces
 WARM_WORKER = "warm-worker"  # seconds a node's warm worker (client.worker) idles; 0/absent = none
 FAULT = "fault"  # a rogue node, for testing the server's defences: an attack kind (client.attacks)
 
-# reply metrics; under weighting='examples' the server weighs a reply by its NUM_EXAMPLES
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-NUM_STEPS = "num-steps"
-TRAIN_SECONDS = "train-seconds"
-PROCESS_SECONDS = "process-seconds"  # age of the ClientApp process at reply (Linux; else 0)
-CUDA = "cuda"  # 1 when the client's process trains on a CUDA device (torch initialised CUDA), else 0
-CLIP_FRACTION = "clip-fraction"
-GRAD_NORM = "grad-norm"
-SMOOTHNESS = "smoothness"  # mean local smoothness estimate over sampled steps
-SMOOTHNESS_GRAD_NORM = "smoothness-grad-norm"  # mean ||g|| at those steps
-GRADIENT_DRIFT = "gradient-drift"  # max_t ||grad F_k(x_t) - grad F_k(x_0)|| / ||grad F_k(x_0)||
-GRADIENT_DRIFT_MAX = "gradient-drift-max"  # the same value; the server takes its max, not mean
-EVAL_LOSS = "eval-loss"
-EVAL_ACCURACY = "eval-accuracy"
+# reply metrics: named in results.metrics, spelled the same from the reply to the plot;
+# under weighting='examples' the server weighs a reply by its NUM_EXAMPLES
+from results.metrics import (  # noqa: E402
+    CLIP_FRACTION,
+    CUDA,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    GRAD_NORM,
+    GRADIENT_DRIFT,
+    GRADIENT_DRIFT_MAX,
+    NUM_EXAMPLES,
+    NUM_STEPS,
+    PROCESS_SECONDS,
+    SMOOTHNESS,
+    SMOOTHNESS_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+)
+from results.metrics import PARTITION_ID as INDEX  # noqa: E402  (gossip: the graph index a node reports)
 
 # every metric a reply may carry; the server drops any other key (strategies.replies)
 TRAIN_METRICS = (
     NUM_EXAMPLES, TRAIN_LOSS, NUM_STEPS, TRAIN_SECONDS, PROCESS_SECONDS,
     CLIP_FRACTION, GRAD_NORM, SMOOTHNESS, SMOOTHNESS_GRAD_NORM, GRADIENT_DRIFT,
-    GRADIENT_DRIFT_MAX, PARTITION_ID, CUDA,
+    GRADIENT_DRIFT_MAX, INDEX, CUDA,
 )
 EVALUATE_METRICS = (NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY)
 MAX_METRICS = (GRADIENT_DRIFT_MAX,)  # combined over replies by their max, not weighted mean

@@ -32,7 +32,7 @@ def reference_table() -> str:
     rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for key, f in iter_fields():
         meta = f.metadata
-        allowed = " / ".join(sorted(meta["choices"])) if meta["choices"] else str(f.type)
+        allowed = " / ".join(meta["choices"]) if meta["choices"] else str(f.type)
         bounds = [f"{sign} {meta[k]}" for k, sign in (("ge", ">="), ("gt", ">"), ("le", "<="))
                   if meta[k] is not None]
         if bounds:

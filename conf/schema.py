@@ -114,10 +114,12 @@ class DataSection:
     path: str = opt(
         "Data location. fmnist: folder with the IDX files (`auto`: "
         "/usr/share/datasets/fashion-mnist, then torchvision's download); "
+        "cifar10: torchvision's `cifar-10-batches-py` folder or the folder holding it "
+        "(`auto`: ~/.cache/fedlocal, then torchvision's download); "
         "shakespeare: the tiny-shakespeare `input.txt`.",
     )
     download: bool = opt(
-        "Allow downloading fmnist/shakespeare when not found locally."
+        "Allow downloading fmnist/cifar10/shakespeare when not found locally."
     )
     partition: str = opt(
         "How the training set is split over clients. `natural` = by speaking role "
@@ -131,7 +133,7 @@ class DataSection:
     )
     test_fraction: float = opt(
         "Held-out fraction for the server's test set (digits, teacher, "
-        "shakespeare; fmnist uses its 10k test images).",
+        "shakespeare; fmnist and cifar10 use their 10k test images).",
         gt=0.0,
         le=0.5,
     )
@@ -155,7 +157,8 @@ class DataSection:
 @dataclass
 class ModelSection:
     name: str = opt(
-        "`auto` = mlp for digits/fmnist/teacher, lstm for shakespeare.",
+        "`auto` = the task's own model: mlp for digits/fmnist/teacher, cnn for cifar10, "
+        "lstm for shakespeare.",
         choices=("auto", "mlp", "cnn", "lstm", "rnn"),
     )
     width: int = opt("Hidden units per layer (mlp, lstm, rnn).", ge=1)
@@ -222,7 +225,7 @@ class StrategySection:
     weighting: str = opt(
         "fedavg/clipped_fedavg/naive_clipping: `uniform` = every sound reply weighs 1 "
         "(nothing is read from the reply; the average the Local SGD and CELGC analyses use), "
-        "or `examples` = weigh by the `num-examples` each client reports, a positive integer "
+        "or `examples` = weigh by the `num_examples` each client reports, a positive integer "
         "capped at `strategy.max_examples` (a client decides its own weight up to that cap).",
         choices=("examples", "uniform"),
     )
@@ -374,7 +377,7 @@ class AttackSection:
     )
     scale: float = opt("`sign_flip`/`scale`: the factor s applied to the update.", gt=0.0)
     std: float = opt("`gaussian`: the noise's standard deviation.", ge=0.0)
-    claimed_examples: int = opt("`weight_inflation`: the `num-examples` an attacker claims.", ge=1)
+    claimed_examples: int = opt("`weight_inflation`: the `num_examples` an attacker claims.", ge=1)
 
 
 @dataclass

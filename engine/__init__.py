@@ -12,11 +12,14 @@ model, runs the client half on its partition (``tasks.client_split``) with batch
 ``round_seed(run.seed, i, r)`` (momentum kept per client when configured); simulated
 attackers (``attack.*``, the lowest client indices) send what ``client.attacks`` makes of
 their result; a row that is not finite in float32 is left out, as the strategy rejects
-it; the server step combines the rest with the strategy's weights. A decentralized
+it; the server step combines the rest with the strategy's weights. One difference, on
+purpose: where fewer sound replies remain than ``strategy.min_replies`` asks, the Flower
+strategy stops the run, and the engine goes on (a round without any keeps the model), so
+that a sweep records how far a broken rule gets. A decentralized
 algorithm keeps every node's model (the rows of X) and mixes them instead.
 
-Records, one per round, carry the same metrics as the ServerApp's (``metrics.jsonl``),
-with ``_`` for ``-``; ``evaluate_every > 0`` adds the test metrics every that many rounds
+Records, one per round, carry the same metrics as the ServerApp's (``metrics.jsonl``,
+named in ``results.metrics``); ``evaluate_every > 0`` adds the test metrics every that many rounds
 and at the end; ``run.diagnostics`` adds ``tasks.diagnostics.Tracker``'s measures.
 """
 
@@ -31,11 +34,12 @@ import torch
 
 import algorithms
 import tasks
-from algorithms.base import reply_metrics, required_replies, server_step
+from algorithms.base import reply_metrics, server_step
 from algorithms.settings import round_settings
 from client import protocol as P
 from client.attacks import attacked, num_attackers
 from client.train import round_seed
+from results import metrics as M
 from strategies import build_aggregator
 from strategies.replies import ArraySpec, Reply, flat, weighted_metrics
 from tasks.diagnostics import Tracker
@@ -89,8 +93,8 @@ def sampled_clients(cfg, num_clients: int, rounds: int) -> list[list[int]]:
     return [sorted(rng.sample(range(num_clients), size)) for _ in range(rounds)]
 
 
-def _underscored(metrics: dict) -> dict:
-    return {key.replace("-", "_"): float(value) for key, value in metrics.items()}
+def _floats(metrics: dict) -> dict:
+    return {key: float(value) for key, value in metrics.items()}
 
 
 def run(cfg, num_clients: int, rounds: int | None = None, evaluate_every: int = 0,
@@ -106,7 +110,7 @@ def run(cfg, num_clients: int, rounds: int | None = None, evaluate_every: int = 
 
 def _evaluate(cfg, model, data, loss_fn) -> dict[str, float]:
     test = tasks.evaluate(model, data.test, loss_fn, data.kind, cfg.eval.batch_size)
-    return {f"test_{k}": v for k, v in test.items()}
+    return {M.TEST_PREFIX + k: v for k, v in test.items()}
 
 
 def _centralized(cfg, algorithm, num_clients, rounds, evaluate_every, on_round) -> Run:
@@ -146,25 +150,22 @@ def _centralized(cfg, algorithm, num_clients, rounds, evaluate_every, on_round) 
             replies.append(Reply({}, metrics))
         x = flat({n: v.cpu().numpy() for n, v in zip(names, start, strict=True)})
         kept = [k for k, row in enumerate(rows) if np.isfinite(row.astype(np.float32)).all()]
-        need = required_replies(cfg.strategy.min_replies, len(clients))
-        if len(kept) < need or not kept:  # the Flower strategy stops the run here too
-            raise RuntimeError(
-                f"Round {r}: only {len(kept)} sound reply(ies) of {len(clients)}, fewer than "
-                f"strategy.min_replies={cfg.strategy.min_replies:g} asks ({need}).")
-        w = weights[[clients[k] for k in kept]]
-        step = server_step(algorithm, aggregator, x, np.stack([rows[k] for k in kept]), w,
-                           [clients[k] for k in kept], settings, specs)
-        record = {"round": r, "num_replies": len(kept),
-                  **_underscored(weighted_metrics([replies[k] for k in kept], list(w), P.MAX_METRICS)),
-                  **_underscored(step.metrics)}
-        with torch.no_grad():  # a model that is not finite is not taken
-            new = step.arrays if step.arrays is not None else dict(zip(names, start, strict=True))
-            for p, name in zip(params, names, strict=True):
-                p.copy_(torch.as_tensor(new[name]))
-        record["seconds"] = time.perf_counter() - started
+        record = {M.ROUND: r, M.TRAIN_LOSS: float("nan"), M.NUM_REPLIES: 0, M.AGGREGATE_REJECTED: 1}
+        if kept:  # where the Flower strategy would stop (strategy.min_replies), a sweep goes on
+            w = weights[[clients[k] for k in kept]]
+            step = server_step(algorithm, aggregator, x, np.stack([rows[k] for k in kept]), w,
+                               [clients[k] for k in kept], settings, specs)
+            record.update({M.NUM_REPLIES: len(kept),
+                           **_floats(weighted_metrics([replies[k] for k in kept], list(w), P.MAX_METRICS)),
+                           **_floats(step.metrics)})
+            with torch.no_grad():  # a model that is not finite is not taken
+                new = step.arrays if step.arrays is not None else dict(zip(names, start, strict=True))
+                for p, name in zip(params, names, strict=True):
+                    p.copy_(torch.as_tensor(new[name]))
+        record[M.SECONDS] = time.perf_counter() - started
         if tracker is not None:
             record.update(tracker.measure(model))
-            record["global_train_loss"] = tasks.evaluate(model, data.train, loss_fn, data.kind,
+            record[M.GLOBAL_TRAIN_LOSS] = tasks.evaluate(model, data.train, loss_fn, data.kind,
                                                          cfg.eval.batch_size)["loss"]
         if evaluate_every and (r % evaluate_every == 0 or r == rounds):
             record.update(_evaluate(cfg, model, data, loss_fn))
@@ -206,11 +207,11 @@ def _decentralized(cfg, algorithm, num_nodes, rounds, evaluate_every, on_round) 
             raise ValueError(f"Iteration {k + 1}: a node model is not finite (attack.kind="
                              f"{a.kind!r}); the strategy would drop or stop on that node.")
         X, metrics = algorithm.mix(Y, losses, k, active, aggregator)
-        record = {"iteration": k + 1, **_underscored(metrics), "seconds": time.perf_counter() - started}
+        record = {M.ITERATION: k + 1, **_floats(metrics), M.SECONDS: time.perf_counter() - started}
         if evaluate_every and ((k + 1) % evaluate_every == 0 or k + 1 == rounds):
             load_vector(model, X.mean(axis=0, dtype=np.float64).astype(np.float32))
             record.update(_evaluate(cfg, model, data, loss_fn))
-            record["xbar_train_loss"] = tasks.evaluate(model, data.train, loss_fn, data.kind,
+            record[M.XBAR_TRAIN_LOSS] = tasks.evaluate(model, data.train, loss_fn, data.kind,
                                                        cfg.eval.batch_size)["loss"]
         out.records.append(record)
         if on_round is not None and on_round(record):

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 import algorithms
 import tasks
 from conf import ConfigError, check_nodes, load_config, to_flat
+from results import metrics as M
 from server.checkpoint import checkpoint_state, open_resume, save_checkpoint, set_rng_state
 from server.grid import PollingGrid
 from server.results import RunFolder
@@ -41,12 +42,12 @@ def user_overrides(grid: Grid, context: Context) -> dict:
 
 
 def progress_line(record: dict, rounds: int) -> str:
-    parts = [f"round {record['round']}/{rounds}"]
-    for key, label in (("train_loss", "train_loss"), ("test_loss", "test_loss"),
-                       ("test_accuracy", "test_acc"), ("test_perplexity", "test_ppl")):
+    parts = [f"round {record[M.ROUND]}/{rounds}"]
+    for key, label in ((M.TRAIN_LOSS, "train_loss"), (M.TEST_LOSS, "test_loss"),
+                       (M.TEST_ACCURACY, "test_acc"), (M.TEST_PERPLEXITY, "test_ppl")):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.4f}")
-    parts.append(f"{record['seconds']:.1f} s")
+    parts.append(f"{record[M.SECONDS]:.1f} s")
     return " | ".join(parts)
 
 
@@ -56,7 +57,7 @@ def diagnostics_of(tracker: Tracker | None, model, data, loss_fn, cfg) -> dict[s
     if tracker is None:
         return {}
     out = tracker.measure(model)
-    out["global_train_loss"] = tasks.evaluate(model, data.train, loss_fn, data.kind,
+    out[M.GLOBAL_TRAIN_LOSS] = tasks.evaluate(model, data.train, loss_fn, data.kind,
                                               cfg.eval.batch_size)["loss"]
     return out
 
@@ -95,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
             for record in records:
                 model.load_state_dict(record.to_torch_state_dict())
                 results.append(tasks.evaluate(model, test_set, loss_fn, spec.kind, cfg.eval.batch_size))
-            return {f"test-{key}": sum(r[key] for r in results) / len(results) for key in results[0]}
+            return {M.TEST_PREFIX + key: sum(r[key] for r in results) / len(results) for key in results[0]}
 
     strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes, evaluate_nodes)
     tracker = None

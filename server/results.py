@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from conf import to_yaml
+from results import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, MODEL_FILE, NODE_MODELS_FILE = (
     "config.yaml", "metrics.jsonl", "summary.json", "model.pt", "node_models.pt",
@@ -78,10 +79,10 @@ class RunFolder:
     def record_round(self, server_round: int, test: dict, train: dict) -> dict:
         """Append the round's record to metrics.jsonl (flushed at once) and return it."""
         now = time.perf_counter()
-        record = {"round": server_round, "seconds": now - self.last, "elapsed": now - self.started}
+        record = {M.ROUND: server_round, M.SECONDS: now - self.last, M.ELAPSED: now - self.started}
         self.last = now
-        record.update({f"test_{k}": v for k, v in test.items()})
-        record.update({k.replace("-", "_"): v for k, v in train.items()})
+        record.update({M.TEST_PREFIX + k: v for k, v in test.items()})
+        record.update(train)  # the strategy's round metrics, named in results.metrics
         record = {k: _clean(v) for k, v in record.items()}
         if server_round == 0:
             self.initial = record
@@ -105,14 +106,14 @@ class RunFolder:
         if state_dict is not None and self.cfg.run.save_model:
             torch.save(state_dict, self.path / MODEL_FILE)
         last = self.records[-1] if self.records else {}
-        accuracies = [r["test_accuracy"] for r in self.records if r.get("test_accuracy") is not None]
+        accuracies = [r[M.TEST_ACCURACY] for r in self.records if r.get(M.TEST_ACCURACY) is not None]
         failures = failures_by_round(self.records)
         status = "failed" if error else "completed_with_failures" if failures else "completed"
         summary = {
             "run_dir": str(self.path),
             "status": status,
             "error": error,
-            "last_round": last.get("round", 0),
+            "last_round": last.get(M.ROUND, 0),
             "failures": failures,
             "task": self.cfg.task.name,
             "strategy": self.cfg.strategy.name,
@@ -138,10 +139,10 @@ def failures_by_round(records: list[dict]) -> dict[str, dict]:
     aggregate was not taken, with the counts; empty for a clean run."""
     out = {}
     for record in records:
-        failed, rejected = record.get("num_failures") or 0, record.get("aggregate_rejected") or 0
+        failed, rejected = record.get(M.NUM_FAILURES) or 0, record.get(M.AGGREGATE_REJECTED) or 0
         if failed or rejected:
-            out[str(record["round"])] = {"num_failures": failed, "num_replies": record.get("num_replies"),
-                                         "aggregate_rejected": rejected}
+            out[str(record[M.ROUND])] = {M.NUM_FAILURES: failed, M.NUM_REPLIES: record.get(M.NUM_REPLIES),
+                                         M.AGGREGATE_REJECTED: rejected}
     return out
 
 

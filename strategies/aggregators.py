@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from results import metrics as M
+
 _controller = None
 
 
@@ -159,7 +161,7 @@ class Aggregator:
             if mixing is None:
                 return self.aggregate(u, w)
             result = self.aggregate(nearest_neighbour_mixing(u, mixing), w)
-            result.info["nnm-neighbours"] = float(mixing)
+            result.info[M.NNM_NEIGHBOURS] = float(mixing)
             return result
 
     def mixing_neighbours(self, n: int) -> int | None:
@@ -205,7 +207,7 @@ class TrimmedMean(Aggregator, name="trimmed_mean"):
         n = u.shape[0]
         cut = int(self.settings.trim_fraction * n)
         kept = np.partition(u, (cut, n - cut - 1), axis=0)[cut:n - cut]
-        return AggregateResult(kept.mean(axis=0), {"trim-cut": float(cut)})
+        return AggregateResult(kept.mean(axis=0), {M.TRIM_CUT: float(cut)})
 
     def min_replies(self) -> int:
         f, beta = self.settings.byzantine, self.settings.trim_fraction
@@ -237,10 +239,10 @@ class Krum(Aggregator, name="krum"):
         n = u.shape[0]
         wanted = n - self.settings.byzantine - 2
         neighbours = max(1, wanted)
-        info = {"krum-neighbours": float(neighbours), "krum-clamped": float(wanted < 1)}
+        info = {M.KRUM_NEIGHBOURS: float(neighbours), M.KRUM_CLAMPED: float(wanted < 1)}
         best = np.argsort(krum_scores(u, neighbours), kind="stable")[: self.to_keep(n)]
         vector = u[best[0]].copy() if len(best) == 1 else w[best] @ u[best] / w[best].sum()
-        info["krum-selected"] = float(len(best))
+        info[M.KRUM_SELECTED] = float(len(best))
         return AggregateResult(vector, info, [int(i) for i in best])
 
     def min_replies(self) -> int:
@@ -276,7 +278,7 @@ def weiszfeld(u: np.ndarray, w: np.ndarray, s: AggregatorSettings) -> tuple[np.n
         dj = np.linalg.norm(diff, axis=1)
         far = dj > 0
         if np.linalg.norm((w[far] / dj[far]) @ diff[far]) < w[~far].sum():
-            return u[j].copy(), {"gm-iterations": float(k), "gm-converged": 1.0}
+            return u[j].copy(), {M.GM_ITERATIONS: float(k), M.GM_CONVERGED: 1.0}
         beta = w / np.maximum(s.gm_smoothing, dist)
         z_new = beta @ u / beta.sum()
         step = np.linalg.norm(z_new - z)
@@ -284,8 +286,8 @@ def weiszfeld(u: np.ndarray, w: np.ndarray, s: AggregatorSettings) -> tuple[np.n
         order = np.argsort(dist)
         spread = dist[order][np.searchsorted(np.cumsum(w[order]), 0.5)]
         if step <= s.gm_tolerance * max(spread, s.gm_smoothing):
-            return z, {"gm-iterations": float(k), "gm-converged": 1.0}
-    return z, {"gm-iterations": float(s.gm_max_iter), "gm-converged": 0.0}
+            return z, {M.GM_ITERATIONS: float(k), M.GM_CONVERGED: 1.0}
+    return z, {M.GM_ITERATIONS: float(s.gm_max_iter), M.GM_CONVERGED: 0.0}
 
 
 class GeometricMedian(Aggregator, name="geometric_median"):
@@ -339,7 +341,7 @@ class BGMD(Aggregator, name="bgmd"):
         memory = g.mean(axis=0) if self.settings.bgmd_memory == "mean" else np.median(g, axis=0)
         memory[cols] = 0.0
         self.memory = memory
-        info.update({"bgmd-k": float(k), "bgmd-memory-norm": float(np.linalg.norm(memory))})
+        info.update({M.BGMD_K: float(k), M.BGMD_MEMORY_NORM: float(np.linalg.norm(memory))})
         return AggregateResult(vector, info, None)
 
 

@@ -8,7 +8,7 @@ class only moves messages and checks them; every number is decided by
 
     x <- server_update(x, A(u_1, ..., u_K; w_1, ..., w_K))     u_k = x_k - x (or g_k)
 
-with server-side weights w_k: 1 (``weighting='uniform'``) or the reply's ``num-examples``
+with server-side weights w_k: 1 (``weighting='uniform'``) or the reply's ``num_examples``
 capped at ``strategy.max_examples`` (``'examples'``).
 
 What this class adds to Flower's: no field of a reply is trusted (``strategies.replies``
@@ -37,6 +37,7 @@ from flwr.serverapp.strategy import Result
 from algorithms.base import Algorithm, required_replies, server_step
 from algorithms.settings import round_settings
 from client import protocol as P
+from results import metrics as M
 from strategies.aggregators import Aggregator, make_aggregator
 from strategies.replies import (
     Reply,
@@ -188,11 +189,11 @@ class FedAvg(FlowerFedAvg):
         step = server_step(self.algorithm, self.aggregator, self.x, rows, weights, keys,
                            round_settings(self.cfg, server_round), self.specs)
         metrics = MetricRecord(weighted_metrics(kept, list(weights), P.MAX_METRICS))
-        metrics.pop(P.PARTITION_ID, None)
+        metrics.pop(P.INDEX, None)
         metrics.update(self.comm_metrics(server_round, received))
         metrics.update(step.metrics)
-        metrics["num-replies"] = len(kept)
-        metrics["num-failures"] = len(errors) + len(rejected) + len(missing)
+        metrics[M.NUM_REPLIES] = len(kept)
+        metrics[M.NUM_FAILURES] = len(errors) + len(rejected) + len(missing)
         if step.arrays is None:
             log(ERROR, "Round %d: the aggregate of %d sound replies is not finite (%s); the "
                 "round's model is NOT taken and the previous global model stays. The replies "
@@ -245,8 +246,8 @@ class FedAvg(FlowerFedAvg):
     def comm_metrics(self, server_round: int, received: int) -> dict[str, int]:
         """Payload bytes of this round and so far; one round = one communication round."""
         self.bytes_total += self.bytes_sent + received
-        return {"bytes-sent": self.bytes_sent, "bytes-received": received,
-                "bytes-total": self.bytes_total, "comm-rounds": server_round}
+        return {M.BYTES_SENT: self.bytes_sent, M.BYTES_RECEIVED: received,
+                M.BYTES_TOTAL: self.bytes_total, M.COMM_ROUNDS: server_round}
 
     # ------------------------------------------------------------------ checkpoint, loop
     def state_dict(self) -> dict:

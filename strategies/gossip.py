@@ -15,7 +15,7 @@ Node i's graph index is its ``partition-id``, reported with its first reply (eve
 starts from the same x_0, so round 1 needs no index), and checked every round; it never
 depends on the order replies arrive in. Replies are checked as FedAvg's are
 (``strategies.replies``), and a node whose reply cannot be used (rejected, missing
-``partition-id`` or ``train-loss``, an index that is not its own) counts as not answering:
+``partition-id`` or ``train_loss``, an index that is not its own) counts as not answering:
 that stops the run (``failure_policy='stop'``), or the node is dropped and W rebuilt on the
 remaining graph with Metropolis-Hastings weights (``'renormalize'``; the run stops when
 fewer than ``min_gossip_nodes`` would remain): a partial set is never averaged as if it
@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 
 from algorithms.gossip import GossipPGA as GossipAlgorithm
 from client import protocol as P
+from results import metrics as M
 from strategies.aggregators import Aggregator
 from strategies.fedavg import FedAvg, as_numpy
 from strategies.replies import ArraySpec, Reply, ReplyError, as_integer, flat
@@ -132,7 +133,7 @@ class GossipPGA(FedAvg):
         replies = list(replies)
         received = sum(P.payload_bytes(r.content) for r in replies if not r.has_error())
         sound, _, _ = self.sound_replies(server_round, replies, self.specs,
-                                         (P.TRAIN_LOSS, P.PARTITION_ID))
+                                         (P.TRAIN_LOSS, P.INDEX))
         by_node = {node: reply for node, (reply, _) in sound.items()}
         if self.X is None:
             self._learn_indices(server_round, by_node)
@@ -147,21 +148,21 @@ class GossipPGA(FedAvg):
         self.X[self.active] = X_active
         metrics = MetricRecord({
             **mixed,
-            "active-nodes": len(self.active),
+            M.ACTIVE_NODES: len(self.active),
             **self.comm_metrics(server_round, received),
-            "num-replies": len(rows),
-            "num-failures": self.n - len(rows),
+            M.NUM_REPLIES: len(rows),
+            M.NUM_FAILURES: self.n - len(rows),
         })
         if self.evaluate_nodes is not None:
             node_models = [unflatten(self.X[i], self.layout) for i in self.active]
-            metrics.update({f"node-{k}": v for k, v in self.evaluate_nodes(node_models).items()})
+            metrics.update({M.NODE_PREFIX + k: v for k, v in self.evaluate_nodes(node_models).items()})
         self.round_metrics[server_round] = dict(metrics)
         return unflatten(X_active.mean(axis=0, dtype=np.float64).astype(Y.dtype), self.layout), metrics
 
     def _index_of(self, node_id: int, reply) -> int | None:
         """The graph index a reply reports, or None (logged) when it is not one."""
         try:
-            index = as_integer(P.PARTITION_ID, reply.metrics[P.PARTITION_ID])
+            index = as_integer(P.INDEX, reply.metrics[P.INDEX])
         except ReplyError as err:
             log(WARNING, "Rejected the reply of node %s: %s.", node_id, err)
             return None
@@ -243,7 +244,7 @@ class GossipPGA(FedAvg):
                 if reply.has_error():
                     raise ReplyError(f"an error: {getattr(reply.error, 'reason', reply.error)}")
                 metrics = reply.content.metric_records.get(P.METRICS)
-                if metrics is None or P.PARTITION_ID not in metrics:
+                if metrics is None or P.INDEX not in metrics:
                     raise ReplyError("no partition-id")
                 by_node[node] = Reply(arrays={}, metrics=dict(metrics))
             except Exception as err:  # noqa: BLE001 - a hostile reply may break the decoder

@@ -15,7 +15,7 @@ alone, names the node, and goes on:
 - the values converted to the model's dtype and then checked finite (a float64 1e300
   becomes inf in a float32 model and is refused);
 - metrics: unknown keys are dropped; a known key must be a finite number; the ones the
-  strategy needs (``train-loss``, ``num-examples`` when weighting by examples,
+  strategy needs (``train_loss``, ``num_examples`` when weighting by examples,
   ``partition-id`` in Gossip-PGA) must be there; counts and ids must be integers.
 """
 
@@ -131,7 +131,7 @@ def as_integer(key: str, value: float) -> int:
 
 
 def example_weight(metrics: Mapping[str, float], cap: int) -> float:
-    """The weight of a reply under ``weighting='examples'``: its ``num-examples``, a
+    """The weight of a reply under ``weighting='examples'``: its ``num_examples``, a
     positive integer, capped at ``cap`` (0 = no cap)."""
     count = as_integer(P.NUM_EXAMPLES, metrics[P.NUM_EXAMPLES])
     if count < 1:

@@ -38,7 +38,7 @@ def replies(models, sizes):
         sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(v) for k, v in model.items()}),
-            "metrics": MetricRecord({"num-examples": int(size)}),
+            "metrics": MetricRecord({"num-examples": int(size)}),  # Flower's own FedAvg reads this key
         })
         out.append(Message(content=content, reply_to=sent))
     return out
@@ -70,7 +70,7 @@ def test_median_is_flowers_fedmedian(flower_identity, n):
 def test_trimmed_mean_is_flowers_fedtrimmedavg(flower_identity, n, beta):
     ours, *_ = flower_vs_ours(FedTrimmedAvg(beta=beta), make_aggregator("trimmed_mean", trim_fraction=beta),
                              n, seed=20 + n, outliers=n // 4)
-    assert ours.info["trim-cut"] == int(beta * n)
+    assert ours.info["trim_cut"] == int(beta * n)
 
 
 @pytest.mark.parametrize(("n", "f"), [(1, 0), (3, 0), (5, 2), (9, 2), (12, 3), (6, 5)])
@@ -82,8 +82,8 @@ def test_krum_and_multi_krum_are_flowers(flower_identity, n, f):
     ours, *_ = flower_vs_ours(multi, make_aggregator("multi_krum", byzantine=f), n, seed=30 + n, outliers=f)
     assert len(ours.selected) == max(1, n - f)
     if n > 1:
-        assert ours.info["krum-neighbours"] == max(1, n - f - 2)
-        assert ours.info["krum-clamped"] == float(n - f - 2 < 1)
+        assert ours.info["krum_neighbours"] == max(1, n - f - 2)
+        assert ours.info["krum_clamped"] == float(n - f - 2 < 1)
 
 
 def gm_objective(z, points, weights):
@@ -100,7 +100,7 @@ def test_geometric_median_minimises_the_weighted_distance_sum(seed):
     best = min((minimize(gm_objective, x0, args=(points, weights), method="Nelder-Mead",
                          options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 40000})
                 for x0 in (points.mean(axis=0), result.vector)), key=lambda r: r.fun)
-    assert result.info["gm-converged"] == 1
+    assert result.info["gm_converged"] == 1
     assert gm_objective(result.vector, points, weights) <= best.fun * (1 + 1e-6)
     np.testing.assert_allclose(result.vector, best.x, atol=1e-4)
 
@@ -112,7 +112,7 @@ def test_geometric_median_at_a_heavy_row_is_that_row():
     points, weights = rng.normal(size=(6, 4)), np.array([6.0, 1, 1, 1, 1, 1])
     result = make_aggregator("geometric_median")(points, weights)
     np.testing.assert_array_equal(result.vector, points[0])
-    assert result.info["gm-converged"] == 1 and result.info["gm-iterations"] <= 10
+    assert result.info["gm_converged"] == 1 and result.info["gm_iterations"] <= 10
 
 
 def test_geometric_median_of_two_equal_weight_rows_is_their_midpoint():
@@ -125,7 +125,7 @@ def test_geometric_median_without_convergence_returns_its_last_iterate():
     rng = np.random.default_rng(2)
     points = rng.standard_exponential(size=(20, 10)) ** 3
     result = make_aggregator("geometric_median", gm_max_iter=1)(points, np.ones(20))
-    assert result.info == {"gm-iterations": 1.0, "gm-converged": 0.0}
+    assert result.info == {"gm_iterations": 1.0, "gm_converged": 0.0}
     assert np.isfinite(result.vector).all() and np.linalg.norm(result.vector) > 0
 
 
@@ -165,8 +165,8 @@ def test_far_rows_do_not_stop_the_geometric_median_early(seed):
     weights = np.ones(len(rows))
     result = make_aggregator("geometric_median")(rows, weights)
     tight = make_aggregator("geometric_median", gm_tolerance=1e-13, gm_max_iter=100_000)(rows, weights)
-    assert result.info["gm-converged"] == 1 and tight.info["gm-converged"] == 1
-    assert result.info["gm-iterations"] > 1
+    assert result.info["gm_converged"] == 1 and tight.info["gm_converged"] == 1
+    assert result.info["gm_iterations"] > 1
     np.testing.assert_allclose(result.vector, tight.vector, atol=1e-4)
 
 
@@ -203,7 +203,7 @@ def test_bgmd_keeps_the_heaviest_columns_and_remembers_the_rest():
         chosen = np.sort(np.argsort(np.linalg.norm(g, axis=0))[-5:])
         dropped = np.setdiff1d(np.arange(d), chosen)
         result = bgmd(rows, weights)
-        assert result.info["bgmd-k"] == 5
+        assert result.info["bgmd_k"] == 5
         np.testing.assert_array_equal(result.vector[dropped], 0.0)
         np.testing.assert_allclose(result.vector[chosen], gm(g[:, chosen], weights).vector, rtol=1e-12)
         np.testing.assert_allclose(bgmd.memory[dropped], g[:, dropped].mean(axis=0), rtol=1e-12)
@@ -326,7 +326,7 @@ def test_pre_aggregation_modes(name):
     auto = make_aggregator(name, pre_aggregation="auto", **kw)(rows, weights)
     np.testing.assert_array_equal(
         mixed.vector, make_aggregator(name, **kw)(nearest_neighbour_mixing(rows, 7), weights).vector)
-    assert mixed.info["nnm-neighbours"] == 7.0 and "nnm-neighbours" not in bare.info
+    assert mixed.info["nnm_neighbours"] == 7.0 and "nnm_neighbours" not in bare.info
     np.testing.assert_array_equal(auto.vector, (bare if name == "mean" else mixed).vector)
     assert not np.allclose(mixed.vector, bare.vector)
 

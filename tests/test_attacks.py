@@ -71,8 +71,8 @@ def test_hosted_strategies_equal_the_engine_under_attack(flower_identity, name, 
     records, reference = out.records, out.state
     for key, value in reference.items():
         torch.testing.assert_close(hosted[key], value, rtol=0, atol=2e-6)
-    assert [m["num-replies"] for m in metrics] == [r["num_replies"] for r in records]
-    assert all(m["num-replies"] == (3 if kind == "nan" else 4) for m in metrics)
+    assert [m["num_replies"] for m in metrics] == [r["num_replies"] for r in records]
+    assert all(m["num_replies"] == (3 if kind == "nan" else 4) for m in metrics)
     honest = run(load_config({**FIXED, "strategy.name": name, "train.batch_size": 4,
                               "train.local_steps": 3, "train.lr": 0.1}), CLIENTS, rounds=3).state
     if kind not in ("weight_inflation", "nan") or name != "fedavg":  # the attack changed something

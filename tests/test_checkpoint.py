@@ -138,7 +138,7 @@ def test_strategy_state_round_trips_through_a_checkpoint(tmp_path, overrides):
     """Fill each strategy's state as a run would, save it, load it into a fresh strategy:
     every field equal, and the loaded state is a copy (the saver may go on)."""
     s = strategy_of(**overrides)
-    s.bytes_total, s.round_metrics = 1234, {1: {"train-loss": 0.5}}
+    s.bytes_total, s.round_metrics = 1234, {1: {"train_loss": 0.5}}
     rng = np.random.default_rng(0)
     if overrides.get("strategy.aggregator") == "bgmd":
         s.aggregator.memory = rng.normal(size=7)
@@ -154,7 +154,7 @@ def test_strategy_state_round_trips_through_a_checkpoint(tmp_path, overrides):
     save_checkpoint(tmp_path, 1, {"strategy": s.state_dict()})
     fresh = strategy_of(**overrides)
     fresh.load_state_dict(load_checkpoint(checkpoints(tmp_path)[-1])["strategy"])
-    assert fresh.bytes_total == 1234 and fresh.round_metrics == {1: {"train-loss": 0.5}}
+    assert fresh.bytes_total == 1234 and fresh.round_metrics == {1: {"train_loss": 0.5}}
     if overrides.get("strategy.aggregator") == "bgmd":
         np.testing.assert_array_equal(fresh.aggregator.memory, s.aggregator.memory)
     if "train.momentum" in overrides:

@@ -79,8 +79,8 @@ def test_naive_baseline_equals_centralized_clipped_sgd_on_the_union(flower_ident
     for name, value in model.state_dict().items():
         torch.testing.assert_close(hosted[name], value, rtol=0, atol=1e-6)
     assert [m[P.CLIP_FRACTION] for m in metrics] == [float(gamma < 1)] * 3
-    assert [m["comm-rounds"] for m in metrics] == [1, 2, 3]
-    assert metrics[2]["bytes-total"] == 3 * (metrics[0]["bytes-sent"] + metrics[0]["bytes-received"])
+    assert [m["comm_rounds"] for m in metrics] == [1, 2, 3]
+    assert metrics[2]["bytes_total"] == 3 * (metrics[0]["bytes_sent"] + metrics[0]["bytes_received"])
 
 
 def test_celgc_with_i1_differs_from_the_naive_baseline(flower_identity):

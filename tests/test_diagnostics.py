@@ -193,7 +193,7 @@ def test_server_round_record_holds_the_diagnostics(tmp_path):
     with torch.no_grad():
         model.net[1].weight.add_(0.1)
     diagnostics = diagnostics_of(tracker, model, data, loss_fn, cfg)
-    folder.record_round(1, {"loss": 1.0}, {"train-loss": 0.5, **diagnostics})
+    folder.record_round(1, {"loss": 1.0}, {"train_loss": 0.5, **diagnostics})
     record = json.loads((folder.path / METRICS_FILE).read_text().splitlines()[0])
     assert SERVER_KEYS <= set(record) and record["weight_change_l0"] > 0
     assert record["global_train_loss"] == pytest.approx(

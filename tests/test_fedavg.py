@@ -58,11 +58,11 @@ def test_aggregate_is_the_example_weighted_mean(flower_identity):
         expected = sum(w * u[key].astype(np.float64) for w, u in zip(weights, updates))
         np.testing.assert_allclose(arrays[key].numpy(), expected, rtol=0, atol=1e-6)
     assert metrics[P.TRAIN_LOSS] == pytest.approx(float(np.dot(weights, losses)))
-    assert metrics["num-replies"] == 3 and metrics["num-failures"] == 0
+    assert metrics["num_replies"] == 3 and metrics["num_failures"] == 0
     sent_per_node = sum(a.nbytes for a in start.values())
-    assert metrics["bytes-sent"] > 3 * sent_per_node  # tensors plus the config records
-    assert metrics["bytes-received"] >= 3 * sent_per_node
-    assert strategy.round_metrics[1]["bytes-sent"] == metrics["bytes-sent"]
+    assert metrics["bytes_sent"] > 3 * sent_per_node  # tensors plus the config records
+    assert metrics["bytes_received"] >= 3 * sent_per_node
+    assert strategy.round_metrics[1]["bytes_sent"] == metrics["bytes_sent"]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_bad_replies_never_enter_the_average(flower_identity, caplog, bad, reaso
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, [good, poisoned])
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 2), np.float32))
-    assert metrics["num-failures"] == 1 and metrics["num-replies"] == 1
+    assert metrics["num_failures"] == 1 and metrics["num_replies"] == 1
     node = messages[1].metadata.dst_node_id
     assert f"Rejected the reply of node {node}: " in caplog.text and reason in caplog.text
 
@@ -94,7 +94,7 @@ def test_silent_nodes_are_logged_and_the_round_goes_on(flower_identity, caplog):
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_array_equal(arrays["w"].numpy(), np.full((2, 2), 0.5, np.float32))
-    assert metrics["num-replies"] == 2 and metrics["num-failures"] == 1
+    assert metrics["num_replies"] == 2 and metrics["num_failures"] == 1
     silent = messages[2].metadata.dst_node_id  # sampling shuffles the nodes
     assert f"Round 1: no reply from node(s) {silent}; going on with 2 reply(ies)." in caplog.text
 

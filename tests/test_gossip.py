@@ -158,7 +158,7 @@ class FakeGrid:
 
 def client_reply(message, partition_id, vector_offset, loss=1.0):
     arrays = {name: array.numpy() + vector_offset for name, array in message.content[P.ARRAYS].items()}
-    metrics = MetricRecord({P.NUM_EXAMPLES: 10, P.TRAIN_LOSS: loss, P.PARTITION_ID: partition_id})
+    metrics = MetricRecord({P.NUM_EXAMPLES: 10, P.TRAIN_LOSS: loss, P.INDEX: partition_id})
     record = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
     return Message(content=RecordDict({P.ARRAYS: record, P.METRICS: metrics}), reply_to=message)
 
@@ -192,8 +192,8 @@ def test_hosted_rounds_mix_by_partition_id_not_reply_order(flower_identity):
         X = mix_step(Y, ring(n), is_global=server_round % 3 == 0)
         np.testing.assert_allclose(strategy.X, X, atol=1e-6)
         np.testing.assert_allclose(flatten(arrays)[0], X.mean(0), atol=1e-6)
-        assert metrics["global-average"] == int(server_round % 3 == 0)
-        assert metrics["consensus-distance"] == pytest.approx(consensus_distance(X), abs=1e-9)
+        assert metrics["global_average"] == int(server_round % 3 == 0)
+        assert metrics["consensus_distance"] == pytest.approx(consensus_distance(X), abs=1e-9)
     assert strategy.node_of == {0: 10, 1: 20, 2: 40, 3: 30}
 
 
@@ -217,7 +217,7 @@ def test_renormalize_drops_the_node_and_averages_the_rest(flower_identity, caplo
     messages = run_round_one(strategy, start, [1, 2, 3, 4])
     replies = [client_reply(m, i, float(i)) for i, m in enumerate(messages)][:3]
     arrays, metrics = strategy.aggregate_train(2, replies)
-    assert strategy.active == [0, 1, 2] and metrics["active-nodes"] == 3
+    assert strategy.active == [0, 1, 2] and metrics["active_nodes"] == 3
     assert "dropped graph node(s) [3]" in caplog.text
     # the mean over the three remaining nodes is kept by the rebuilt (doubly stochastic) W
     assert flatten(arrays)[0].mean() == pytest.approx(np.mean([0.0, 1.0, 2.0]), abs=1e-6)

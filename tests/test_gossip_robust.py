@@ -34,7 +34,7 @@ def hosted(n=4, **overrides):
 def good(message, offset: float, loss=1.0, **metric_changes):
     index = message.metadata.dst_node_id // 10 - 1
     arrays = {name: array.numpy() + offset for name, array in message.content[P.ARRAYS].items()}
-    metrics = {P.TRAIN_LOSS: loss, P.PARTITION_ID: index, P.NUM_EXAMPLES: 10, **metric_changes}
+    metrics = {P.TRAIN_LOSS: loss, P.INDEX: index, P.NUM_EXAMPLES: 10, **metric_changes}
     metrics = {k: v for k, v in metrics.items() if v is not None}
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return Message(content=RecordDict({P.ARRAYS: record, P.METRICS: MetricRecord(metrics)}),
@@ -64,10 +64,10 @@ def rogue_array(value):
 ROGUES = {
     "complex-nan": rogue_array(np.full((3, 2), np.nan + 1j * np.nan, np.complex64)),
     "float64-1e300": rogue_array(np.full((3, 2), 1e300)),
-    "missing-partition-id": lambda m: good(m, 4.0, **{P.PARTITION_ID: None}),
+    "missing-partition-id": lambda m: good(m, 4.0, **{P.INDEX: None}),
     "missing-train-loss": lambda m: good(m, 4.0, **{P.TRAIN_LOSS: None}),
-    "fractional-partition-id": lambda m: good(m, 4.0, **{P.PARTITION_ID: 2.7}),
-    "partition-id-out-of-range": lambda m: good(m, 4.0, **{P.PARTITION_ID: 9}),
+    "fractional-partition-id": lambda m: good(m, 4.0, **{P.INDEX: 2.7}),
+    "partition-id-out-of-range": lambda m: good(m, 4.0, **{P.INDEX: 9}),
     "error-reply": lambda m: Message(__import__("flwr.app", fromlist=["Error"]).Error(
         code=0, reason="broken"), reply_to=m),
 }
@@ -109,7 +109,7 @@ def test_a_node_that_changes_its_index_is_dropped_not_trusted(flower_identity, c
     strategy, start = hosted()
     one_round(strategy, start, 1)
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        one_round(strategy, start, 2, lambda m: good(m, 4.0, **{P.PARTITION_ID: 0}))
+        one_round(strategy, start, 2, lambda m: good(m, 4.0, **{P.INDEX: 0}))
     assert strategy.active == [0, 1, 2] and strategy.node_of[0] == 10
     assert "reports partition-id 0, but holds graph index 3" in caplog.text
 

@@ -153,7 +153,7 @@ def test_an_unreachable_nodes_error_reply_is_its_own_and_counted_once(flower_ide
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 2), np.float32))
-    assert metrics["num-replies"] == 2 and metrics["num-failures"] == 1
+    assert metrics["num_replies"] == 2 and metrics["num_failures"] == 1
     assert f"node {down} replied with an error" in caplog.text
     assert "no reply from" not in caplog.text
 
@@ -169,6 +169,6 @@ def test_check_dropouts_counts_a_superlink_error_reply_once(flower_identity, cap
     assert SUPERLINK_NODE_ID in {r.metadata.src_node_id for r in replies if r.has_error()}
     with caplog.at_level(logging.WARNING, logger="flwr"):
         _, metrics = strategy.aggregate_train(1, replies)
-    assert metrics["num-failures"] == (2 if silent_too else 1)
-    assert metrics["num-replies"] == (2 if silent_too else 3)
+    assert metrics["num_failures"] == (2 if silent_too else 1)
+    assert metrics["num_replies"] == (2 if silent_too else 3)
     assert "(the SuperLink reported 1 of them unreachable)" in caplog.text

@@ -375,7 +375,7 @@ def test_client_trains_and_evaluates_on_its_data_path(tmp_path, flower_identity,
     reply = client_app.train(message, device({P.DATA_PATH: str(path)}))
     metrics = reply.content[P.METRICS]
     assert metrics[P.NUM_EXAMPLES] == 37 and metrics[P.NUM_STEPS] == 3
-    assert np.isfinite(metrics[P.TRAIN_LOSS]) and P.PARTITION_ID not in metrics
+    assert np.isfinite(metrics[P.TRAIN_LOSS]) and P.INDEX not in metrics
     trained = reply.content[P.ARRAYS].to_torch_state_dict()
     assert any(not torch.equal(trained[k], start[k]) for k in start)
 
@@ -432,7 +432,7 @@ def test_gossip_needs_a_partition_id_next_to_the_data_path(tmp_path, flower_iden
     with pytest.raises(ValueError, match="distinct partition-id in 0..n-1 next to its data-path"):
         client_app.train(message, device({P.DATA_PATH: path}))
     reply = client_app.train(message, device({P.DATA_PATH: path, P.PARTITION_ID: 3}))
-    assert reply.content[P.METRICS][P.PARTITION_ID] == 3
+    assert reply.content[P.METRICS][P.INDEX] == 3
     with pytest.raises(ValueError, match="partition-id 3 is outside 0..1"):
         client_app.train(message, device({P.DATA_PATH: path, P.PARTITION_ID: 3,
                                           P.NUM_PARTITIONS: 2}))

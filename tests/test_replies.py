@@ -91,10 +91,10 @@ def rogue_cases():
         # weights (weighting='examples')
         ("negative-examples", {"metrics": {**ok, P.NUM_EXAMPLES: -5}}, "is not positive"),
         ("zero-examples", {"metrics": {**ok, P.NUM_EXAMPLES: 0}}, "is not positive"),
-        ("nan-examples", {"metrics": {**ok, P.NUM_EXAMPLES: float("nan")}}, "'num-examples' is nan"),
-        ("inf-examples", {"metrics": {**ok, P.NUM_EXAMPLES: float("inf")}}, "'num-examples' is inf"),
+        ("nan-examples", {"metrics": {**ok, P.NUM_EXAMPLES: float("nan")}}, "'num_examples' is nan"),
+        ("inf-examples", {"metrics": {**ok, P.NUM_EXAMPLES: float("inf")}}, "'num_examples' is inf"),
         ("fractional-examples", {"metrics": {**ok, P.NUM_EXAMPLES: 2.7}}, "is not an integer"),
-        ("missing-examples", {"metrics": {P.TRAIN_LOSS: 1.0}}, "['num-examples'] missing"),
+        ("missing-examples", {"metrics": {P.TRAIN_LOSS: 1.0}}, "['num_examples'] missing"),
         ("list-examples", {"metrics": {**ok, P.NUM_EXAMPLES: [1, 2]}}, "is a list, not a number"),
         # dtypes and values
         ("complex-nan", {"array_items": {"w": raw_array(np.full(SHAPES["w"], np.nan + 1j * np.nan,
@@ -123,10 +123,10 @@ def rogue_cases():
         ("extra-array", {"arrays": {"w": w, "b": np.zeros(3, np.float32), "c": w}}, "unexpected ['c']"),
         ("arrays-reordered", {"arrays": {"b": np.zeros(3, np.float32), "w": w}}, "in another order"),
         # metrics
-        ("missing-train-loss", {"metrics": {P.NUM_EXAMPLES: 10}}, "['train-loss'] missing"),
-        ("nan-train-loss", {"metrics": {**ok, P.TRAIN_LOSS: float("nan")}}, "'train-loss' is nan"),
+        ("missing-train-loss", {"metrics": {P.NUM_EXAMPLES: 10}}, "['train_loss'] missing"),
+        ("nan-train-loss", {"metrics": {**ok, P.TRAIN_LOSS: float("nan")}}, "'train_loss' is nan"),
         ("list-train-loss", {"metrics": {**ok, P.TRAIN_LOSS: [1.0, 2.0]}}, "is a list"),
-        ("list-known-metric", {"metrics": {**ok, P.NUM_STEPS: [1, 2]}}, "'num-steps' is a list"),
+        ("list-known-metric", {"metrics": {**ok, P.NUM_STEPS: [1, 2]}}, "'num_steps' is a list"),
         # records
         ("second-array-record", {"extra": {"more": ArrayRecord({"w": Array(w)})}},
          "array records ['arrays', 'more']"),
@@ -153,7 +153,7 @@ def test_a_bad_reply_is_rejected_by_node_and_the_round_goes_on(flower_identity, 
         arrays, metrics = strategy.aggregate_train(1, replies)
     assert f"Rejected the reply of node {NODES[-1]}: " in caplog.text
     assert reason in caplog.text
-    assert metrics["num-replies"] == 3 and metrics["num-failures"] == 1
+    assert metrics["num_replies"] == 3 and metrics["num_failures"] == 1
     expected, _ = honest_only(overrides)
     for key in SHAPES:
         np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
@@ -163,15 +163,15 @@ def test_the_table_covers_every_honest_reply_as_accepted(flower_identity):
     """The control: the same four replies, all honest, are all accepted."""
     strategy, messages = setup({"strategy.weighting": "examples"})
     _, metrics = strategy.aggregate_train(1, [reply(m) for m in messages])
-    assert metrics["num-replies"] == 4 and metrics["num-failures"] == 0
+    assert metrics["num_replies"] == 4 and metrics["num_failures"] == 0
 
 
 def test_unknown_metric_keys_are_dropped_not_fatal(flower_identity):
     strategy, messages = setup({})
-    extra = {P.NUM_EXAMPLES: 10, P.TRAIN_LOSS: 1.0, "rogue-metric": 1.0, "rogue-list": [1.0, 2.0]}
+    extra = {P.NUM_EXAMPLES: 10, P.TRAIN_LOSS: 1.0, "rogue_metric": 1.0, "rogue-list": [1.0, 2.0]}
     replies = [reply(m) for m in messages[:-1]] + [reply(messages[-1], metrics=extra)]
     arrays, metrics = strategy.aggregate_train(1, replies)
-    assert metrics["num-replies"] == 4 and "rogue-metric" not in metrics
+    assert metrics["num_replies"] == 4 and "rogue_metric" not in metrics
     mean = np.mean([honest_arrays(n)["w"].astype(np.float64) for n in NODES], axis=0)
     np.testing.assert_allclose(arrays["w"].numpy(), mean, rtol=0, atol=1e-6)
 
@@ -201,7 +201,7 @@ def test_an_aggregate_that_is_not_finite_is_not_taken(flower_identity, caplog):
     big = {k: np.full(s, -1e10, np.float32) for k, s in SHAPES.items()}
     with caplog.at_level(logging.ERROR, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(1, [reply(m, big) for m in messages])
-    assert arrays is None and metrics["aggregate-rejected"] == 1
+    assert arrays is None and metrics["aggregate_rejected"] == 1
     assert "is not finite" in caplog.text and "NOT taken" in caplog.text
     assert failures_by_round([{"round": 1, "num_failures": 0, "aggregate_rejected": 1}])
 
@@ -261,8 +261,8 @@ def test_federated_evaluation_replies_are_checked_too(flower_identity, caplog):
     with caplog.at_level(logging.WARNING, logger="flwr"):
         metrics = strategy.aggregate_evaluate(1, good + bad)
     assert metrics[P.EVAL_LOSS] == pytest.approx(0.25 * 1.0 + 0.75 * 2.0)
-    assert f"Rejected the reply of node {NODES[2]}: metric 'eval-loss' is inf" in caplog.text
-    assert f"Rejected the reply of node {NODES[3]}: metric(s) ['num-examples'] missing" in caplog.text
+    assert f"Rejected the reply of node {NODES[2]}: metric 'eval_loss' is inf" in caplog.text
+    assert f"Rejected the reply of node {NODES[3]}: metric(s) ['num_examples'] missing" in caplog.text
 
 
 def test_too_few_replies_for_the_robust_rule_are_said(flower_identity, caplog):

@@ -22,8 +22,8 @@ def test_folders_are_never_overwritten_and_hold_the_config(tmp_path):
 def test_round_records_and_summary(tmp_path):
     folder = RunFolder(load_config({"run.output_dir": str(tmp_path)}))
     folder.record_round(0, {"loss": 2.3, "accuracy": 0.1}, {})
-    folder.record_round(1, {"loss": 1.0, "accuracy": 0.6}, {"train-loss": 1.2, "bytes-sent": 10})
-    folder.record_round(2, {"loss": math.nan, "accuracy": 0.7}, {"train-loss": 0.9, "bytes-sent": 10})
+    folder.record_round(1, {"loss": 1.0, "accuracy": 0.6}, {"train_loss": 1.2, "bytes_sent": 10})
+    folder.record_round(2, {"loss": math.nan, "accuracy": 0.7}, {"train_loss": 0.9, "bytes_sent": 10})
     records = read_metrics(folder.path)
     assert [r["round"] for r in records] == [1, 2]  # round 0 is the initial evaluation
     assert records[0]["train_loss"] == 1.2 and records[1]["test_loss"] is None  # NaN -> null
