@@ -18,10 +18,11 @@ import math
 import sys
 from pathlib import Path
 
+from results import metrics as M
 from server.results import CONFIG_FILE, read_metrics
 
 PROG = "fedlocal-plot"
-DEFAULT_METRICS = ("train_loss", "test_loss", "test_accuracy", "test_perplexity")
+DEFAULT_METRICS = (M.TRAIN_LOSS, M.TEST_LOSS, M.TEST_ACCURACY, M.TEST_PERPLEXITY)
 X_AXES = {
     "round": "round",
     "bytes": "cumulative traffic (MB sent + received)",
@@ -46,13 +47,13 @@ def x_values(records: list[dict], x: str = "round") -> list[float | None]:
     """The x coordinate of each record: its round, its elapsed seconds, or the cumulative
     traffic up to and including it in MB (a missing or null byte count adds 0)."""
     if x == "round":
-        return [_number(r.get("round")) for r in records]
+        return [_number(r.get(M.ROUND)) for r in records]
     if x == "seconds":
-        return [_number(r.get("elapsed")) for r in records]
+        return [_number(r.get(M.ELAPSED)) for r in records]
     if x == "bytes":
         total, xs = 0.0, []
         for record in records:
-            for key in ("bytes_sent", "bytes_received"):
+            for key in (M.BYTES_SENT, M.BYTES_RECEIVED):
                 total += _number(record.get(key)) or 0.0
             xs.append(total / BYTES_PER_MB)
         return xs
@@ -62,7 +63,7 @@ def x_values(records: list[dict], x: str = "round") -> list[float | None]:
 def available_metrics(runs: list[list[dict]]) -> list[str]:
     """Keys with at least one numeric value in at least one run (the x keys left out)."""
     keys = {k for records in runs for r in records for k, v in r.items() if _number(v) is not None}
-    return sorted(keys - {"round", "elapsed"})
+    return sorted(keys - {M.ROUND, M.ELAPSED})
 
 
 def default_labels(run_dirs: list[str | Path]) -> list[str]:
