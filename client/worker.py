@@ -66,7 +66,6 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from client import transport
-from client.runtime import process_age  # noqa: F401  (client.handlers imports it from here, for now)
 from client.transport import Channel, Paths, ProtocolError, handshake, open_channel
 
 APP_ROOT = Path(__file__).resolve().parents[1]  # the folder holding client/, tasks/, conf/
