@@ -519,7 +519,7 @@ def run_config(args, name: str, rounds: int) -> dict:
 
 def sim(args) -> int:
     """Flower's simulation engine (Ray) with every client on a share of the GPU."""
-    from server.launch import LocalSimulation
+    from deploy.launch import LocalSimulation
 
     step = Step("sim", args)
     nodes, rounds = (2, 2) if args.quick else (4, 3)
@@ -565,7 +565,7 @@ def deploy(args) -> int:
     the workers' logs are read before the SuperNodes stop (a worker that exits normally
     removes its log)."""
     from client import worker
-    from server.launch import LocalDeployment
+    from deploy.launch import LocalDeployment
 
     step = Step("deploy", args)
     nodes, rounds = 2, (2 if args.quick else 3)
@@ -750,7 +750,7 @@ def report(args) -> int:
                                   f"| {fmt(r.get('first_round'), 3)} | {fmt(r.get('samples_per_second'), 0)} "
                                   f"| {fmt(r.get('final_test_accuracy'), 4)} |")
     if bench_rows:
-        lines += ["Benchmark (`bench.run`; (a) pure compute, (b) fedlocal in simulation):", "",
+        lines += ["Benchmark (`bench.run`; engine = pure compute, simulation = fedlocal in simulation):", "",
                   "| workload | system | median s/round | first round s | samples/s | final test acc |",
                   "| --- | --- | --- | --- | --- | --- |", *bench_rows, ""]
     text = "\n".join(lines) + "\n"

@@ -119,7 +119,7 @@ step sim 120 python3 -m bench.gpu_check sim
 step deploy 100 python3 -m bench.gpu_check deploy
 step compare 60 python3 -m bench.gpu_check compare
 
-# the benchmark's workloads on the device: (a) pure compute and (b) fedlocal in simulation,
+# the benchmark's workloads on the device: engine (pure compute) and simulation (fedlocal),
 # one bench.run per workload so that one hang costs only its own rows
 if [ "$QUICK" != 0 ]; then
   BENCH_WORKLOADS=${GPU_CHECK_WORKLOADS:-gossip-digits}
