@@ -6,10 +6,12 @@ without Flower and against a quickstart-style Flower app.
 FedAvg, ReLU MLP 784-128-128-10 on Fashion-MNIST, ``--clients`` clients (Dirichlet 0.5),
 1 local epoch per round, the fmnist task's batch size and learning rate, ``--rounds``
 rounds. Measured in this order, so that drift shows (``bench.systems`` says what each
-is): ``engine``, ``simulation``, ``deployment_warm`` (only with ``--deployment``;
-``--deployment-rounds``), ``quickstart_baseline`` (``bench/quickstart_baseline``, not with
-``--no-baseline``), ``engine_again`` (not with ``--quick``). Targets: simulation/engine
-<= 1.3 per round, quickstart_baseline/simulation >= 2.
+is): ``engine``, ``limit`` (the same steps over one worker process per core),
+``simulation``, ``pfl`` (pfl-research, where it is installed), ``deployment_warm`` (only
+with ``--deployment``; ``--deployment-rounds``), ``quickstart_baseline``
+(``bench/quickstart_baseline``, not with ``--no-baseline``), ``engine_again`` (not with
+``--quick``). Targets: simulation/engine <= 1.3 per round, quickstart_baseline/simulation
+>= 2; issue 16's, with 10 clients: simulation/limit <= 1.2.
 
 Alone it writes ``bench/results/<timestamp>.json`` and ``.md`` as ``python -m bench.run
 --workloads fedavg-fmnist`` does.
@@ -30,6 +32,8 @@ from bench.systems import (
     run_deployment_warm,
     run_engine,
     run_fedlocal,
+    run_limit,
+    run_pfl,
     run_quickstart_baseline,
 )
 
@@ -43,7 +47,9 @@ FEDAVG_FMNIST = {"task.name": "fmnist", "train.local_epochs": 1, "data.partition
 # (system, its label in the table), in the table's order
 LABELS = {
     "engine": "engine: pure compute, no Flower",
+    "limit": "limit: the same steps, one worker process per core",
     "simulation": "simulation: fedlocal, Flower's simulation engine",
+    "pfl": "pfl: pfl-research, fedlocal's splits",
     "deployment_warm": "deployment_warm: fedlocal, local deployment, warm workers",
     "quickstart_baseline": "quickstart_baseline: quickstart-style app, simulation",
     "engine_again": "engine_again: pure compute, again (after quickstart_baseline)",
@@ -80,10 +86,17 @@ def run(args) -> dict:
     systems["engine"] = run_engine(overrides, args.clients, args.rounds, args.engine_threads)
     examples = systems["engine"]["examples_per_round"][0]
     log(f"    median {systems['engine']['median']:.3f} s/round")
+    log("limit: the same steps over one worker process per core")
+    systems["limit"] = run_limit(overrides, args.clients, args.rounds, examples)
+    log(f"    median {systems['limit']['median']:.3f} s/round")
     log("simulation: fedlocal in Flower's simulation engine")
     systems["simulation"] = run_fedlocal(overrides, args.clients, args.rounds, examples,
                                          args.app_dir)
     log(f"    median {systems['simulation']['median']:.3f} s/round")
+    log("pfl: pfl-research on fedlocal's splits")
+    systems["pfl"] = run_pfl(overrides, args.clients, args.rounds, examples, args.pfl_threads)
+    log(f"    median {systems['pfl']['median']:.3f} s/round" if systems["pfl"].get("available", True)
+        else f"    {systems['pfl']['note']}")
     if not deployment_available():
         systems["deployment_warm"] = {
             "available": False, "note": "not available (no deploy.launch.LocalDeployment)"}
@@ -120,6 +133,7 @@ def run(args) -> dict:
         "quickstart_baseline_over_simulation":
             baseline["median"] / sim["median"] if has_baseline else None,
     }
+    result["ratios"].update(peer_ratios(result))
     if systems["deployment_warm"].get("available", True):
         result["ratios"]["deployment_warm_over_engine"] = (systems["deployment_warm"]["median"]
                                                            / engine_median)
@@ -128,7 +142,23 @@ def run(args) -> dict:
     if has_baseline:
         result["targets"]["fedlocal_2x_faster_than_quickstart_baseline"] = (
             result["ratios"]["quickstart_baseline_over_simulation"] >= 2.0)
+    if args.clients == 10:  # issue 16's target for 10 clients
+        result["targets"]["simulation_within_1.2x_limit"] = (
+            result["ratios"]["simulation_over_limit"] <= 1.2)
     return result
+
+
+def peer_ratios(fed: dict) -> dict:
+    """simulation's median round over limit's and over pfl's (None where one did not
+    run): what ``bench.run``'s summary line prints for this workload."""
+    systems = fed["systems"]
+    sim = systems["simulation"]["median"]
+    out = {}
+    for key in ("limit", "pfl"):
+        s = systems.get(key)
+        out[f"simulation_over_{key}"] = (sim / s["median"] if s and s.get("available", True)
+                                         and s.get("median") else None)
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -142,12 +172,31 @@ def noise_line(fed: dict) -> str:
         a1, a2 = systems["engine"]["median"], systems["engine_again"]["median"]
         parts.append(f"engine and engine_again's medians differ by {abs(a1 - a2) / min(a1, a2):.0%} "
                      f"({a1:.3f} vs {a2:.3f} s)")
-    for key in ("engine", "simulation", "deployment_warm", "quickstart_baseline"):
-        s = systems[key]
+    for key in ("engine", "limit", "simulation", "pfl", "deployment_warm", "quickstart_baseline"):
+        s = systems.get(key, {"available": False})
         if s.get("available", True) and s.get("min") and s.get("max") and len(s["round_seconds"]) > 2:
             parts.append(f"{key}: rounds after the first span {s['min']:.2f}–{s['max']:.2f} s "
                          f"(max/min {s['max'] / s['min']:.2f})")
     return ("Noise: " + "; ".join(parts) + ".") if parts else "Noise: too few rounds to tell."
+
+
+def peer_line(fed: dict) -> str:
+    """simulation against limit and pfl, with issue 16's target where it applies."""
+    r, t = fed["ratios"], fed["targets"]
+    parts = []
+    if r.get("simulation_over_limit") is not None:
+        part = f"simulation/limit = **{r['simulation_over_limit']:.2f}x**"
+        if "simulation_within_1.2x_limit" in t:
+            part += (" (issue 16's target with 10 clients ≤ 1.2x: "
+                     f"{'met' if t['simulation_within_1.2x_limit'] else 'not met'} in this run)")
+        parts.append(part)
+    if r.get("simulation_over_pfl") is not None:
+        pfl = fed["systems"]["pfl"]
+        parts.append(f"simulation/pfl = **{r['simulation_over_pfl']:.2f}x** (pfl-research "
+                     f"{pfl.get('pfl_version')}, {pfl.get('torch_threads')} torch threads)")
+    else:
+        parts.append("pfl " + fed["systems"].get("pfl", {}).get("note", "not run"))
+    return "; ".join(parts) + "."
 
 
 def markdown(report: dict, fed: dict) -> list[str]:
@@ -195,14 +244,16 @@ def markdown(report: dict, fed: dict) -> list[str]:
         + ". engine here is the median of the rounds after the first of engine and "
         f"engine_again together: {fed['engine_median']:.3f} s.",
         "",
+        peer_line(fed),
+        "",
         noise_line(fed),
         "",
         "Memory of simulation at its peak, by process (RSS MB): "
         + breakdown(fed["systems"]["simulation"]) + ".",
         "",
         *deployment_lines(report, fed),
-        per_round_line(fed, ["engine", "simulation", "deployment_warm", "quickstart_baseline",
-                             "engine_again"], digits=2),
+        per_round_line(fed, ["engine", "limit", "simulation", "pfl", "deployment_warm",
+                             "quickstart_baseline", "engine_again"], digits=2),
         "",
     ]
     return lines

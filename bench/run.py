@@ -12,13 +12,22 @@ options (``python -m bench.<module> --help``):
 ``gossip-digits``        ``bench.gossip_compare``: Gossip-PGA, 16 nodes on a ring
 ``clipped-shakespeare``  ``bench.clipped_compare``: clipped FedAvg, LSTM, tiny Shakespeare
 
-The systems they measure (``engine``, ``engine_again``, ``simulation``,
-``simulation_eval_nodes``, ``deployment_warm``, ``quickstart_baseline``) are described and
-run in ``bench.systems``; the markdown is ``bench.report``'s and each job's ``markdown``.
+The systems they measure (``engine``, ``engine_again``, ``limit``, ``simulation``,
+``simulation_eval_nodes``, ``pfl``, ``deployment_warm``, ``quickstart_baseline``) are
+described and run in ``bench.systems``; the markdown is ``bench.report``'s and each job's
+``markdown``.
 
 Writes ``bench/results/<timestamp>.json`` and ``.md``; a full run (all the workloads, not
 ``--quick``) also copies the table, with the commit it measured, into docs/benchmarks.md
-and draws docs/figures/scaling.png.
+and draws docs/figures/scaling.png. The last lines printed are one per workload run, for
+scripts (``summary_lines``)::
+
+    summary fedavg-fmnist: fedlocal/limit=1.47 fedlocal/pfl=0.88
+    summary gossip-digits: fedlocal/limit=n/a fedlocal/pfl=n/a
+
+fedlocal is the ``simulation`` system's median round, limit and pfl those systems'; a job
+names which of its results the line is about (``peer_ratios``; scaling-fmnist: the
+1000-client point, else its largest), ``n/a`` where a row was not run.
 """
 
 from __future__ import annotations
@@ -76,6 +85,9 @@ def parse_args(argv=None, workload: str | None = None):
     parser.add_argument("--engine-threads", "--pure-threads", dest="engine_threads", type=int,
                         default=1, help="torch threads for engine (default 1, as each simulated "
                         "client gets 1 CPU; --pure-threads is its older name)")
+    parser.add_argument("--pfl-threads", type=int, default=0,
+                        help="torch threads of pfl-research's one process, the pfl system "
+                        "(default 0: one per core; pfl itself runs no other parallelism here)")
     parser.add_argument("--app-dir", type=Path, default=REPO,
                         help="the fedlocal app folder that simulation and the scaling runs start "
                         "(default: this repository), to try an app change on a copy; engine always "
@@ -161,7 +173,24 @@ def main(argv=None, workload: str | None = None) -> int:
             scaling.plot(scale, scaling.FIGURE)
     print(table)
     log(f"results in {RESULTS / stamp}.json / .md ({report['meta']['seconds']:.0f} s)")
+    for line in summary_lines(report):
+        print(line)
     return 0
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per workload in the report: fedlocal (``simulation``) over ``limit`` and
+    over ``pfl``, median seconds per round, from the job's ``peer_ratios`` (``n/a`` where
+    the job has none or a row was not run)."""
+    jobs = {job.NAME: job for job in JOBS}
+    lines = []
+    for name, result in report["workloads"].items():
+        peer_ratios = getattr(jobs.get(name), "peer_ratios", None)
+        ratios = peer_ratios(result) if peer_ratios and result else {}
+        limit, pfl = (ratios.get(f"simulation_over_{key}") for key in ("limit", "pfl"))
+        lines.append(f"summary {name}: fedlocal/limit={'n/a' if limit is None else f'{limit:.2f}'} "
+                     f"fedlocal/pfl={'n/a' if pfl is None else f'{pfl:.2f}'}")
+    return lines
 
 
 if __name__ == "__main__":

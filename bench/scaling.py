@@ -1,14 +1,19 @@
 """Scaling (workload ``scaling-fmnist``): fedlocal in Flower's simulation engine with more
-and more clients, next to the same sampled clients without Flower.
+and more clients, next to the same sampled clients without Flower, at the machine's limit
+and in pfl-research.
 
-    python -m bench.scaling [--scaling-clients 10,100,1000] [--scaling-rounds 5] [--quick]
+    python -m bench.scaling [--scaling-clients 10,100,1000] [--scaling-10k] [--scaling-rounds 5] [--quick]
 
 FedAvg on Fashion-MNIST as ``bench.fedavg_compare``, but IID and with 10 % of the clients
-sampled per round: for every ``--scaling-clients`` count, ``simulation`` (fedlocal in the
-simulation engine) and ``engine`` (pure compute of the same number of sampled clients).
-Target: 100 simulated clients under 4 GB peak memory. A full ``python -m bench.run`` also
-draws docs/figures/scaling.png (``plot``); alone it writes ``bench/results/<timestamp>.json``,
-``.md`` and ``-scaling.png``.
+sampled per round (1000 clients: 60 examples each, 100 per round): for every
+``--scaling-clients`` count, ``engine`` (pure compute of the same sampled clients),
+``limit`` (the same steps over one worker process per core), ``simulation`` (fedlocal in
+the simulation engine) and ``pfl`` (pfl-research, where it is installed).
+``--scaling-10k`` adds the point of 10,000 clients (6 examples each, 1000 per round),
+which takes minutes more. Targets: 100 simulated clients under 4 GB peak memory; issue
+16's at 1000 clients: simulation within 1.3x of limit and faster than pfl. A full
+``python -m bench.run`` also draws docs/figures/scaling.png (``plot``); alone it writes
+``bench/results/<timestamp>.json``, ``.md`` and ``-scaling.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from bench.common import REPO, log, with_device
 from bench.report import breakdown, fmt
-from bench.systems import run_engine, run_fedlocal
+from bench.systems import run_engine, run_fedlocal, run_limit, run_pfl
 
 NAME = "scaling-fmnist"
 QUICK = "scaling at 100 clients only with 2 rounds"
@@ -30,6 +35,8 @@ FIGURE = REPO / "docs" / "figures" / "scaling.png"
 def add_arguments(parser) -> None:
     parser.add_argument("--scaling-clients", default=None,
                         help="comma-separated client counts (default 10,100,1000; quick 100)")
+    parser.add_argument("--scaling-10k", action="store_true",
+                        help="add the point of 10,000 clients, 1000 per round (minutes more)")
     parser.add_argument("--scaling-rounds", type=int, default=None,
                         help="rounds per scaling point (default 5; quick 2)")
 
@@ -38,6 +45,8 @@ def finish_args(args, parser) -> None:
     args.scaling_rounds = args.scaling_rounds or (2 if args.quick else 5)
     clients = args.scaling_clients or ("100" if args.quick else "10,100,1000")
     args.scaling_clients = [int(c) for c in clients.split(",") if c.strip()]
+    if args.scaling_10k and 10000 not in args.scaling_clients:
+        args.scaling_clients.append(10000)
     if args.scaling_rounds < 2:
         parser.error("--scaling-rounds must be >= 2 (the first round is start-up)")
 
@@ -54,19 +63,49 @@ def run(args) -> dict:
         log(f"scaling: {clients} clients, {min_nodes} sampled per round, {args.scaling_rounds} rounds")
         engine = run_engine(config, clients, args.scaling_rounds, args.engine_threads)
         examples = round(sum(engine["examples_per_round"]) / len(engine["examples_per_round"]))
+        limit = run_limit(config, clients, args.scaling_rounds, examples)
         sim = run_fedlocal(config, clients, args.scaling_rounds, examples, args.app_dir)
+        pfl = run_pfl(config, clients, args.scaling_rounds, examples, args.pfl_threads)
         log(f"    simulation median {sim['median']:.3f} s/round, engine {engine['median']:.3f}, "
-            f"peak RSS {sim['memory']['peak_rss_mb']:.0f} MB")
-        points.append({"clients": clients, "sampled": min_nodes, "simulation": sim,
-                       "engine": engine, "ratio": sim["median"] / engine["median"]})
+            f"limit {limit['median']:.3f}, pfl "
+            + (f"{pfl['median']:.3f}" if pfl.get("available", True) else "not run")
+            + f", simulation's peak RSS {sim['memory']['peak_rss_mb']:.0f} MB")
+        point = {"clients": clients, "sampled": min_nodes, "simulation": sim, "engine": engine,
+                 "limit": limit, "pfl": pfl, "ratio": sim["median"] / engine["median"]}
+        point.update(_over(point))
+        points.append(point)
     result = {"rounds": args.scaling_rounds, "config": overrides, "points": points}
+    thousand = next((p for p in points if p["clients"] == 1000), None)
     hundred = next((p for p in points if p["clients"] == 100), None)
     if hundred is not None:
         result["targets"] = {
             "100_clients_under_4GB_rss": hundred["simulation"]["memory"]["peak_rss_mb"] < 4096,
             "100_clients_under_4GB_pss": hundred["simulation"]["memory"]["peak_pss_mb"] < 4096,
         }
+    if thousand is not None:  # issue 16's targets at 1000 clients, 100 per round
+        targets = result.setdefault("targets", {})
+        targets["1000_clients_within_1.3x_limit"] = thousand["simulation_over_limit"] <= 1.3
+        if thousand["simulation_over_pfl"] is not None:
+            targets["1000_clients_faster_than_pfl"] = thousand["simulation_over_pfl"] < 1.0
     return result
+
+
+def _over(point: dict) -> dict:
+    """simulation's median round over limit's and pfl's at one point (None: not run)."""
+    sim = point["simulation"]["median"]
+    return {f"simulation_over_{key}": sim / point[key]["median"]
+            if point.get(key) and point[key].get("available", True) and point[key].get("median")
+            else None for key in ("limit", "pfl")}
+
+
+def peer_ratios(scale: dict) -> dict:
+    """What ``bench.run``'s summary line prints for this workload: the 1000-client point's
+    ratios (issue 16's target), or the largest point's when 1000 was not run."""
+    points = scale.get("points") or []
+    if not points:
+        return {}
+    point = next((p for p in points if p["clients"] == 1000), max(points, key=lambda p: p["clients"]))
+    return _over(point)
 
 
 def markdown(report: dict, scale: dict) -> list[str]:
@@ -75,19 +114,24 @@ def markdown(report: dict, scale: dict) -> list[str]:
         f"{scale['rounds']} rounds",
         "",
         "| clients | sampled per round | simulation round s (median) | "
-        "simulation round s (p90) | engine round s | simulation / engine | first round s | "
+        "simulation round s (p90) | engine round s | limit round s | pfl round s | "
+        "simulation / engine | simulation / limit | simulation / pfl | first round s | "
         "start-up s | peak RSS MB | peak PSS MB | processes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in scale["points"]:
         sim, mem = p["simulation"], p["simulation"]["memory"]
+        over = _over(p)
+        limit, pfl = p.get("limit") or {}, p.get("pfl") or {}
         lines.append(
             f"| {p['clients']} | {p['sampled']} | {fmt(sim['median'], 3)} | "
-            f"{fmt(sim['p90'], 3)} | {fmt(p['engine']['median'], 3)} | {p['ratio']:.2f}x | "
+            f"{fmt(sim['p90'], 3)} | {fmt(p['engine']['median'], 3)} | "
+            f"{fmt(limit.get('median'), 3)} | {fmt(pfl.get('median'), 3)} | {p['ratio']:.2f}x | "
+            f"{fmt(over['simulation_over_limit'], 2, 'x')} | {fmt(over['simulation_over_pfl'], 2, 'x')} | "
             f"{fmt(sim['first_round'])} | {fmt(sim['startup'])} | {mem['peak_rss_mb']:.0f} | "
             f"{mem['peak_pss_mb']:.0f} | {mem['max_processes']} |"
         )
-    if "targets" in scale:
+    if "100_clients_under_4GB_rss" in scale.get("targets", {}):
         t = scale["targets"]
         hundred = next(p for p in scale["points"] if p["clients"] == 100)["simulation"]
         lines += ["", f"100 simulated clients: peak RSS {hundred['memory']['peak_rss_mb']:.0f} MB, "
@@ -95,12 +139,26 @@ def markdown(report: dict, scale: dict) -> list[str]:
                   f"{'met' if t['100_clients_under_4GB_rss'] else 'not met'}, PSS "
                   f"{'met' if t['100_clients_under_4GB_pss'] else 'not met'}). At the peak, "
                   "by process (RSS MB): " + breakdown(hundred) + "."]
+    thousand = next((p for p in scale["points"] if p["clients"] == 1000), None)
+    if thousand is not None and "1000_clients_within_1.3x_limit" in scale.get("targets", {}):
+        t = scale["targets"]
+        text = (f"1000 clients, 100 per round: simulation/limit = "
+                f"**{thousand['simulation_over_limit']:.2f}x** (issue 16's target ≤ 1.3x: "
+                f"{'met' if t['1000_clients_within_1.3x_limit'] else 'not met'} in this run)")
+        if "1000_clients_faster_than_pfl" in t:
+            text += (f"; simulation/pfl = **{thousand['simulation_over_pfl']:.2f}x** (target < 1: "
+                     f"{'met' if t['1000_clients_faster_than_pfl'] else 'not met'} in this run)")
+        lines += ["", text + "."]
+    notes = {p["pfl"]["note"] for p in scale["points"]
+             if p.get("pfl") and not p["pfl"].get("available", True)}
+    if notes:
+        lines += ["", "pfl " + "; ".join(sorted(notes)) + "."]
     lines.append("")
     return lines
 
 
 def plot(scale: dict, path: Path) -> None:
-    """Seconds per round against the number of clients, simulation and engine."""
+    """Seconds per round against the number of clients, for every system that ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,16 +168,23 @@ def plot(scale: dict, path: Path) -> None:
     clients = [p["clients"] for p in points]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, key, marker in (("simulation: fedlocal, Flower's simulation engine", "simulation", "o"),
-                               ("engine: pure compute (same sampled clients)", "engine", "s")):
-        med = [p[key]["median"] for p in points]
-        low = [m - p[key]["min"] for m, p in zip(med, points)]
-        high = [p[key]["max"] - m for m, p in zip(med, points)]
-        ax.errorbar(clients, med, yerr=[low, high], marker=marker, capsize=3, label=label)
+                               ("engine: pure compute (same sampled clients)", "engine", "s"),
+                               ("limit: the same steps, one process per core", "limit", "^"),
+                               ("pfl: pfl-research, fedlocal's splits", "pfl", "D")):
+        ran = [p for p in points if p.get(key) and p[key].get("available", True) and p[key].get("median")]
+        if not ran:
+            continue
+        med = [p[key]["median"] for p in ran]
+        low = [m - p[key]["min"] for m, p in zip(med, ran)]
+        high = [p[key]["max"] - m for m, p in zip(med, ran)]
+        ax.errorbar([p["clients"] for p in ran], med, yerr=[low, high], marker=marker, capsize=3,
+                    label=label)
         if key == "simulation":
-            for c, m, p in zip(clients, med, points):
+            for c, m, p in zip([p["clients"] for p in ran], med, ran):
                 ax.annotate(f"{p['simulation']['memory']['peak_rss_mb'] / 1024:.1f} GB RSS", (c, m),
                             textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("clients (10 % sampled per round)")
     ax.set_ylabel("seconds per round (median; bars: min–max)")

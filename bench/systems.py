@@ -26,6 +26,14 @@ the JSON, the tables and the logs):
     timed on its own afterwards (``clientapp_startup``).
 ``quickstart_baseline``
     the quickstart-style app (``bench/quickstart_baseline``) in the simulation engine.
+``limit``
+    the machine's limit (``bench.limit``): the same SGD steps as ``engine``, each round's
+    clients spread over one long-lived worker process per core (one torch thread each),
+    the server's step and the central evaluation; the physical anchor.
+``pfl``
+    Apple's pfl-research (``bench.pfl_peer``), a peer simulator, fed fedlocal's splits,
+    model, settings and sampled clients; skipped with a note where ``pfl`` is not
+    installed (``pip install -e ".[bench]"``).
 
 Each runner returns the round statistics of ``round_stats`` plus start-up, wall seconds,
 memory (``bench.procmem``) and the final test accuracy.
@@ -111,6 +119,61 @@ def run_engine(overrides: dict, clients: int, rounds: int, threads: int, evaluat
         "final_train_loss": result.get("final_train_loss"),
         "torch_threads": result["torch_threads"],
         "device": result["device"],
+    }
+
+
+def run_limit(overrides: dict, clients: int, rounds: int, samples: int | None = None,
+              processes: int | None = None) -> dict:
+    """``limit``: ``bench.limit`` in a subprocess of its own (its workers are its
+    children, so the memory is the whole tree's)."""
+    result, wall, memory = run_measured(
+        "bench.limit", ["--clients", str(clients), "--rounds", str(rounds), "--evaluate",
+                        "--processes", str(processes or 0), "--overrides", json.dumps(overrides)])
+    records = result["rounds"]
+    if samples is None:
+        samples = records[0]["examples"] if records else None
+    return {
+        **round_stats(result["round_seconds"], samples),
+        "startup": result["startup"],
+        "wall": wall,
+        "memory": memory.as_dict(),
+        "examples_per_round": [r["examples"] for r in records],
+        "train_seconds": [r["train_seconds"] for r in records],
+        "final_test_accuracy": result.get("final_test_accuracy"),
+        "processes": result["processes"],
+        "torch_threads": result["torch_threads"],
+    }
+
+
+def pfl_available() -> bool:
+    from bench.pfl_peer import available
+
+    return available()
+
+
+def run_pfl(overrides: dict, clients: int, rounds: int, samples: int | None = None,
+            threads: int = 0) -> dict:
+    """``pfl``: ``bench.pfl_peer`` in a subprocess of its own, or a note where pfl-research
+    is not installed."""
+    from bench.pfl_peer import NOTE, available
+
+    if not available():
+        return {"available": False, "note": NOTE}
+    result, wall, memory = run_measured(
+        "bench.pfl_peer", ["--clients", str(clients), "--rounds", str(rounds), "--threads",
+                           str(threads), "--overrides", json.dumps(overrides)])
+    if samples is None:
+        samples = result["examples_per_round"][0] if result["examples_per_round"] else None
+    return {
+        **round_stats(result["round_seconds"], samples),
+        "startup": result["startup"],
+        "wall": wall,
+        "memory": memory.as_dict(),
+        "examples_per_round": result["examples_per_round"],
+        "final_test_accuracy": result.get("final_test_accuracy"),
+        "test_accuracy": result.get("test_accuracy"),
+        "torch_threads": result["torch_threads"],
+        "pfl_version": result.get("pfl"),
     }
 
 
