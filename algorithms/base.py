@@ -16,6 +16,7 @@ the new model is finite in the model's dtype (otherwise it is not taken).
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -104,6 +105,17 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def sampled_clients(cfg, num_clients: int, rounds: int) -> list[list[int]]:
+    """The clients trained in each round: all of them, or Flower's rule
+    ``max(int(n * fraction_train), min_train_nodes)`` drawn at random (seeded by run.seed)."""
+    s = cfg.strategy
+    if s.fraction_train >= 1.0:
+        return [list(range(num_clients))] * rounds
+    size = min(num_clients, max(int(num_clients * s.fraction_train), s.min_train_nodes))
+    rng = random.Random(cfg.run.seed)
+    return [sorted(rng.sample(range(num_clients), size)) for _ in range(rounds)]
 
 
 def required_replies(min_replies: float, sent: int) -> int:

@@ -97,11 +97,11 @@ def _resident_model(key: tuple, device: str) -> torch.nn.Module:
     return tasks.make_model(cfg, tasks.task_spec(cfg)).to(device)
 
 
-def _setup(msg: Message, context: Context):
+def _setup(msg: Message, context: Context, with_split: bool = True):
     cfg, key = received_config(msg)
     partition_id = node_partition_id(context)
     spec = tasks.task_spec(cfg)
-    split = node_split(cfg, spec, context)
+    split = node_split(cfg, spec, context) if with_split else None
     device = tasks.pick_device(cfg.train.device)
     model = _resident_model(key, str(device))
     model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
@@ -118,9 +118,12 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """The algorithm's client half (``algorithms``) with this round's settings."""
-    cfg, spec, split, model, partition_id = _setup(msg, context)
+    """The algorithm's client half (``algorithms``) with this round's settings: for this
+    node's own client, or for each logical client of its cohort the server named."""
     config = msg.content[P.CONFIG]
+    if P.CLIENTS in config:
+        return _train_cohort(msg, context, [int(c) for c in config[P.CLIENTS]])
+    cfg, spec, split, model, partition_id = _setup(msg, context)
     want_index = config.get(P.WANT_PARTITION_ID, False)
     if want_index and partition_id is None:
         raise ValueError(
@@ -129,52 +132,90 @@ def train(msg: Message, context: Context) -> Message:
             "a distinct partition-id in 0..n-1 next to its data-path, e.g. --node-config "
             "\"data-path='/data/mine.npz' partition-id=0\"."
         )
-    server_round = int(config[P.SERVER_ROUND])
-    settings = round_settings(cfg, server_round)
     # batch order: one stream per (run, node, round); a device without partition-id is
     # told apart by its Flower node id
     node = partition_id if partition_id is not None else int(context.node_id)
-    seed = round_seed(cfg.run.seed, node, server_round)
-    start = None if settings.gradient else msg.content[P.ARRAYS].to_torch_state_dict()
-    update = algorithms.get(cfg.strategy.name).client_update(
-        model, split, tasks.make_loss(cfg, spec), settings, seed=seed,
-        momentum=_saved_momentum(context, model) if settings.persist_momentum else None)
-    if settings.persist_momentum and update.result.momentum:
-        context.state[P.STATE_MOMENTUM] = ArrayRecord(
-            {str(i): b for i, b in enumerate(update.result.momentum)})
-    metrics = _metrics(update.result, settings)
+    arrays, metrics = _client_round(cfg, spec, model, split, node, int(config[P.SERVER_ROUND]),
+                                    context, P.STATE_MOMENTUM, attack_kind(cfg, context, partition_id))
     if want_index:
         metrics[P.INDEX] = partition_id
-    arrays = update.arrays
-    kind = attack_kind(cfg, context, partition_id)
-    if kind is not None:
-        arrays = attacked(kind, start, arrays, scale=cfg.attack.scale, std=cfg.attack.std, seed=seed)
-        if kind == "weight_inflation":
-            metrics[P.NUM_EXAMPLES] = cfg.attack.claimed_examples
-    content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: metrics})
+    content = RecordDict({P.ARRAYS: arrays, P.METRICS: metrics})
     fault = context.node_config.get(P.FAULT)
     if fault is not None and str(fault) not in KINDS:
         content = broken_reply(content, str(fault))
     return Message(content=content, reply_to=msg)
 
 
-def _saved_momentum(context: Context, model: torch.nn.Module) -> list[torch.Tensor] | None:
-    """The momentum buffers this node kept from its previous round, if any."""
-    if P.STATE_MOMENTUM not in context.state.array_records:
+def _train_cohort(msg: Message, context: Context, clients: list[int]) -> Message:
+    """A cohort (``data.num_clients`` > 0): train the named logical clients one after the
+    other, each from the received model on its own slice ``client_split(cfg, c,
+    num_clients)`` with its own seed and momentum, exactly as a SuperNode of its own
+    would; reply each client's arrays and metrics as records of their own."""
+    cfg, spec, _, model, partition_id = _setup(msg, context, with_split=False)
+    n = cfg.data.num_clients
+    hosts = int(context.node_config.get(P.NUM_PARTITIONS, 0))
+    if n < 1 or partition_id is None or hosts < 1 or any(c % hosts != partition_id or not 0 <= c < n
+                                                         for c in clients):
+        raise ValueError(f"This SuperNode (partition-id={partition_id} of num-partitions={hosts}) "
+                         f"was sent clients {clients} of data.num_clients={n}; it hosts the clients "
+                         "c with c % num-partitions == partition-id.")
+    server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    content = RecordDict()
+    for client in clients:
+        model.load_state_dict(start)
+        split = tasks.client_split(cfg, client, n, disk_cache=True)
+        arrays, metrics = _client_round(cfg, spec, model, split, client, server_round, context,
+                                        f"{P.STATE_MOMENTUM}/{client}",
+                                        attack_kind(cfg, context, client, num_partitions=n))
+        arrays_key, metrics_key = P.cohort_keys(client)
+        content[arrays_key], content[metrics_key] = arrays, metrics
+    return Message(content=content, reply_to=msg)
+
+
+def _client_round(cfg, spec, model, split, client: int, server_round: int, context: Context,
+                  momentum_key: str, kind: str | None) -> tuple[ArrayRecord, MetricRecord]:
+    """One client's round from the model loaded in ``model``: the client half with this
+    round's settings, its momentum kept under ``momentum_key`` in ``context.state``, and
+    the simulated attack ``kind`` (or None) applied to what it sends."""
+    settings = round_settings(cfg, server_round)
+    seed = round_seed(cfg.run.seed, client, server_round)
+    start = None if settings.gradient else {k: v.clone() for k, v in model.state_dict().items()}
+    update = algorithms.get(cfg.strategy.name).client_update(
+        model, split, tasks.make_loss(cfg, spec), settings, seed=seed,
+        momentum=_saved_momentum(context, model, momentum_key) if settings.persist_momentum else None)
+    if settings.persist_momentum and update.result.momentum:
+        context.state[momentum_key] = ArrayRecord(
+            {str(i): b for i, b in enumerate(update.result.momentum)})
+    metrics = _metrics(update.result, settings)
+    arrays = update.arrays
+    if kind is not None:
+        arrays = attacked(kind, start, arrays, scale=cfg.attack.scale, std=cfg.attack.std, seed=seed)
+        if kind == "weight_inflation":
+            metrics[P.NUM_EXAMPLES] = cfg.attack.claimed_examples
+    return ArrayRecord(arrays), metrics
+
+
+def _saved_momentum(context: Context, model: torch.nn.Module, key: str) -> list[torch.Tensor] | None:
+    """The momentum buffers this node (or cohort client) kept from its previous round."""
+    if key not in context.state.array_records:
         return None
     device = next(model.parameters()).device
-    saved = context.state.array_records[P.STATE_MOMENTUM].to_torch_state_dict()
+    saved = context.state.array_records[key].to_torch_state_dict()
     return [saved[name].to(device) for name in sorted(saved, key=int)]
 
 
-def attack_kind(cfg, context: Context, partition_id: int | None) -> str | None:
-    """The attack this node makes, if any: its node config ``fault=<kind>`` (a rogue
-    SuperNode in a deployment), else ``attack.kind`` when its partition-id is among the
-    lowest ``attack.fraction`` (simulation)."""
+def attack_kind(cfg, context: Context, partition_id: int | None,
+                num_partitions: int | None = None) -> str | None:
+    """The attack this node (or cohort client ``partition_id`` of ``num_partitions``) makes,
+    if any: its node config ``fault=<kind>`` (a rogue SuperNode in a deployment), else
+    ``attack.kind`` when its partition-id is among the lowest ``attack.fraction``
+    (simulation)."""
     fault = context.node_config.get(P.FAULT)
     if fault is not None and str(fault) in KINDS:
         return None if str(fault) == "none" else str(fault)
-    num_partitions = context.node_config.get(P.NUM_PARTITIONS)
+    if num_partitions is None:
+        num_partitions = context.node_config.get(P.NUM_PARTITIONS)
     if is_attacker(cfg.attack, partition_id, int(num_partitions) if num_partitions else None):
         return cfg.attack.kind
     return None

@@ -15,6 +15,7 @@ METRICS = "metrics"
 
 # per-round values in CONFIG
 SERVER_ROUND = "server-round"
+CLIENTS = "clients"  # a cohort: the logical clients this node trains this round (data.num_clients)
 WANT_PARTITION_ID = "want-partition-id"  # reply with INDEX (the partition-id) in the metrics (gossip)
 
 # node config (simulation: set by Flower; deployment: --node-config)
@@ -55,6 +56,11 @@ MAX_METRICS = (GRADIENT_DRIFT_MAX,)  # combined over replies by their max, not w
 
 # what the client keeps in context.state between rounds
 STATE_MOMENTUM = "momentum"
+
+
+def cohort_keys(client: int) -> tuple[str, str]:
+    """The array and metric record names of logical client ``client`` in a cohort reply."""
+    return f"{ARRAYS}/{client}", f"{METRICS}/{client}"
 
 
 def payload_bytes(content) -> int:

@@ -121,6 +121,16 @@ class DataSection:
     download: bool = opt(
         "Allow downloading fmnist/cifar10/shakespeare when not found locally."
     )
+    num_clients: int = opt(
+        "Logical clients the training set is split over; 0 = one per SuperNode (the "
+        "default). With N > 0 each SuperNode hosts a cohort: of N clients, node p (its "
+        "partition-id, of P nodes) hosts those with c % P == p, trains the ones the server "
+        "sampled one after the other and replies each client's result separately, so one "
+        "message per node and round carries many clients (cross-device scale). A cohort run "
+        "equals the run with N SuperNodes of one client each. fedavg, clipped_fedavg, "
+        "naive_clipping and fedprox.",
+        ge=0,
+    )
     partition: str = opt(
         "How the training set is split over clients. `natural` = by speaking role "
         "(shakespeare only).",

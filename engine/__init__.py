@@ -25,7 +25,6 @@ and at the end; ``run.diagnostics`` adds ``tasks.diagnostics.Tracker``'s measure
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ import torch
 
 import algorithms
 import tasks
-from algorithms.base import reply_metrics, server_step
+from algorithms.base import reply_metrics, sampled_clients, server_step
 from algorithms.settings import round_settings
 from client import protocol as P
 from client.attacks import attacked, num_attackers
@@ -80,17 +79,6 @@ def client_weights(cfg, splits, attackers: int) -> np.ndarray:
     counts = [cfg.attack.claimed_examples if i < attackers and cfg.attack.kind == "weight_inflation"
               else len(split) for i, split in enumerate(splits)]
     return np.array([min(c, s.max_examples) if s.max_examples > 0 else c for c in counts], float)
-
-
-def sampled_clients(cfg, num_clients: int, rounds: int) -> list[list[int]]:
-    """The clients trained in each round: all of them, or Flower's rule
-    ``max(int(n * fraction_train), min_train_nodes)`` drawn at random (seeded by run.seed)."""
-    s = cfg.strategy
-    if s.fraction_train >= 1.0:
-        return [list(range(num_clients))] * rounds
-    size = min(num_clients, max(int(num_clients * s.fraction_train), s.min_train_nodes))
-    rng = random.Random(cfg.run.seed)
-    return [sorted(rng.sample(range(num_clients), size)) for _ in range(rounds)]
 
 
 def _floats(metrics: dict) -> dict:

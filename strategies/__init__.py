@@ -53,4 +53,5 @@ def build_strategy(cfg, run_config, num_nodes: int | None = None, evaluate_nodes
         min_train_nodes=s.min_train_nodes,
         min_evaluate_nodes=s.min_train_nodes if s.fraction_evaluate > 0 else 0,
         min_available_nodes=s.min_available_nodes,
+        num_clients=cfg.data.num_clients,
     )

@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterable
 from logging import ERROR, INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import Result
 
-from algorithms.base import Algorithm, required_replies, server_step
+from algorithms.base import Algorithm, required_replies, sampled_clients, server_step
 from algorithms.settings import round_settings
 from client import protocol as P
 from results import metrics as M
@@ -42,8 +43,10 @@ from strategies.aggregators import Aggregator, make_aggregator
 from strategies.replies import (
     Reply,
     ReplyError,
+    as_integer,
     example_weight,
     flat,
+    parse_cohort_reply,
     parse_reply,
     specs_of,
     weighted_metrics,
@@ -93,7 +96,7 @@ class FedAvg(FlowerFedAvg):
     def __init__(self, cfg, run_config: ConfigRecord, algorithm: Algorithm,
                  weighting: str = "examples", min_replies: float = 1,
                  node_wait: float | None = None, aggregator: Aggregator | None = None,
-                 max_examples: int = 0, **kwargs) -> None:
+                 max_examples: int = 0, num_clients: int = 0, **kwargs) -> None:
         if weighting not in ("examples", "uniform"):
             raise ValueError(f"weighting must be 'examples' or 'uniform', not {weighting!r}.")
         super().__init__(arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
@@ -109,6 +112,13 @@ class FedAvg(FlowerFedAvg):
         self.bytes_total = 0  # sent + received, all rounds so far
         self.round_metrics: dict[int, dict] = {}  # what aggregate_train returned, by round
         self.round_timeout: float | None = None  # start()'s timeout, for messages of its own
+        # cohorts (num_clients > 0): logical clients, hosted by the node whose partition-id
+        # is client % (number of nodes); the schedule of sampled clients is seeded
+        self.num_clients = num_clients
+        self.schedule = sampled_clients(cfg, num_clients, cfg.run.rounds) if num_clients else []
+        self.cohort_of: dict[int, list[int]] = {}  # node id -> the clients it was sent this round
+        self.hosts: dict[int, int] | None = None  # partition-id -> node id, asked once
+        self.sent_count = 0  # clients sent work this round (logical clients, or nodes)
 
     # ------------------------------------------------------------------ send
     def configure_train(
@@ -116,14 +126,77 @@ class FedAvg(FlowerFedAvg):
     ) -> Iterable[Message]:
         if self.node_wait is not None:  # after a node dropped, Flower's sampling could wait forever
             wait_for_nodes(grid, self.min_available_nodes, self.node_wait)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.num_clients:
+            messages = self.cohort_messages(server_round, arrays, config, grid)
+        else:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:
             message.content[P.RUN_CONFIG] = self.run_config
         model = as_numpy(arrays)
         self.specs, self.x = specs_of(model), flat(model)
         self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
         self.sent_to = [m.metadata.dst_node_id for m in messages]
+        self.sent_count = sum(map(len, self.cohort_of.values())) if self.num_clients else len(messages)
         return messages
+
+    def cohort_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> list[Message]:
+        """One message per SuperNode naming the logical clients of this round's sample it
+        hosts (client c lives on the node with partition-id c % P)."""
+        hosts = self.partition_ids(grid)  # partition-id -> node id
+        clients = self.schedule[server_round - 1] if server_round <= len(self.schedule) else \
+            sampled_clients(self.cfg, self.num_clients, server_round)[-1]
+        self.cohort_of = {}
+        for client in clients:
+            self.cohort_of.setdefault(hosts[client % len(hosts)], []).append(client)
+        messages = []
+        for node, cohort in self.cohort_of.items():
+            node_config = ConfigRecord({**config, P.SERVER_ROUND: server_round, P.CLIENTS: cohort})
+            messages.append(Message(
+                content=RecordDict({P.ARRAYS: arrays, P.CONFIG: node_config}),
+                message_type=MessageType.TRAIN, dst_node_id=node))
+        return messages
+
+    def partition_ids(self, grid: Grid) -> dict[int, int]:
+        """Every connected node's partition-id (a QUERY message), as partition-id -> node
+        id; the partition-ids must be 0..P-1, each once."""
+        node_ids = sorted(grid.get_node_ids())
+        if self.hosts is not None and sorted(self.hosts.values()) == node_ids:
+            return self.hosts  # the same nodes as last round: no need to ask again
+        replies = self.query_nodes(grid, node_ids)
+        hosts: dict[int, int] = {}
+        for node, reply in replies.items():
+            index = int(reply.metrics[P.INDEX])
+            if index in hosts:
+                raise RuntimeError(f"Nodes {hosts[index]} and {node} both have partition-id {index}; "
+                                   "give every SuperNode a distinct partition-id.")
+            hosts[index] = node
+        if sorted(hosts) != list(range(len(hosts))):
+            raise RuntimeError(f"The SuperNodes' partition-ids are {sorted(hosts)}; cohorts need "
+                               f"0..{len(hosts) - 1}, one per node (num-partitions={len(hosts)}).")
+        self.hosts = hosts
+        return hosts
+
+    def query_nodes(self, grid: Grid, node_ids: list[int]) -> dict[int, Reply]:
+        """Ask each node its partition-id (a QUERY message); the sound answers by node id,
+        the others logged and left out."""
+        messages = [Message(content=RecordDict({P.CONFIG: ConfigRecord({P.WANT_PARTITION_ID: True}),
+                                                P.RUN_CONFIG: self.run_config}),
+                            message_type=MessageType.QUERY, dst_node_id=node) for node in node_ids]
+        by_node = {}
+        for reply in grid.send_and_receive(messages=messages, timeout=self.round_timeout):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise ReplyError(f"an error: {getattr(reply.error, 'reason', reply.error)}")
+                metrics = reply.content.metric_records.get(P.METRICS)
+                if metrics is None or P.INDEX not in metrics:
+                    raise ReplyError("no partition-id")
+                as_integer(P.INDEX, metrics[P.INDEX])
+                by_node[node] = Reply(arrays={}, metrics=dict(metrics))
+            except Exception as err:  # noqa: BLE001 - a hostile reply may break the decoder
+                log(WARNING, "Rejected the index reply of node %s: %s.", node, err)
+        return by_node
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -148,7 +221,7 @@ class FedAvg(FlowerFedAvg):
         """The replies fit to use, by node, with their weights; the nodes whose reply was
         an error; the nodes whose reply was rejected (each logged with its reason)."""
         sound: dict[int, tuple[Reply, float]] = {}
-        errors, rejected = [], []
+        errors, rejected, seen = [], [], set()
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -157,9 +230,13 @@ class FedAvg(FlowerFedAvg):
                     getattr(reply.error, "reason", reply.error))
                 continue
             try:
-                parsed = parse_reply(reply.content, specs, required, known)
-                if node in sound:
+                if node in seen:
                     raise ReplyError("a second reply from the same node")
+                seen.add(node)
+                if specs is not None and node in self.cohort_of:  # a cohort: one reply per client
+                    self.add_cohort(server_round, node, reply, sound, specs, required, known)
+                    continue
+                parsed = parse_reply(reply.content, specs, required, known)
                 sound[node] = (parsed, self.weight_of(parsed))
             except ReplyError as err:
                 problem = str(err)
@@ -170,6 +247,20 @@ class FedAvg(FlowerFedAvg):
             rejected.append(node)
             log(WARNING, "Rejected the reply of node %s: %s.", node, problem)
         return sound, errors, rejected
+
+    def add_cohort(self, server_round: int, node: int, reply: Message, sound: dict, specs,
+                   required, known) -> None:
+        """A cohort reply: each of the node's clients is checked as a reply of its own and
+        enters ``sound`` under its client id; a client whose records fail is left out
+        (logged with the node and the client); a reply whose records do not name exactly
+        the clients the node was sent is rejected whole (ReplyError)."""
+        for client, parsed in parse_cohort_reply(reply.content, self.cohort_of[node], specs,
+                                                 required, known).items():
+            if isinstance(parsed, ReplyError):
+                log(WARNING, "Round %d: rejected client %d of node %s: %s.", server_round, client,
+                    node, parsed)
+            else:
+                sound[client] = (parsed, self.weight_of(parsed))
 
     # ------------------------------------------------------------------ aggregate
     def aggregate_train(
@@ -232,10 +323,10 @@ class FedAvg(FlowerFedAvg):
         if missing:
             log(WARNING, "Round %d: no reply from node(s) %s%s; going on with %d reply(ies).",
                 server_round, ", ".join(map(str, missing)), note, sound)
-        need = required_replies(self.min_replies, len(self.sent_to))
+        need = required_replies(self.min_replies, self.sent_count)
         if sound < need or sound == 0:
             raise DropoutError(
-                f"Round {server_round}: only {sound} sound reply(ies) of {len(self.sent_to)} sent, "
+                f"Round {server_round}: only {sound} sound reply(ies) of {self.sent_count} sent, "
                 f"fewer than strategy.min_replies={self.min_replies:g} asks ({need}): "
                 f"silent: {missing or 'none'}{note}; error replies: {errors or 'none'}; rejected as "
                 f"unusable (reasons logged above): {rejected or 'none'}. Lower "

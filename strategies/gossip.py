@@ -39,7 +39,7 @@ from client import protocol as P
 from results import metrics as M
 from strategies.aggregators import Aggregator
 from strategies.fedavg import FedAvg, as_numpy
-from strategies.replies import ArraySpec, Reply, ReplyError, as_integer, flat
+from strategies.replies import ArraySpec, ReplyError, as_integer, flat
 
 
 class NodeFailure(RuntimeError):
@@ -233,22 +233,7 @@ class GossipPGA(FedAvg):
         """A resumed run: Flower node ids change across a restart, so every per-node state
         is kept by graph index, and each connected node is asked (a QUERY message) for its
         partition-id and placed by it, with the same checks as round 1."""
-        messages = [Message(content=RecordDict({P.CONFIG: ConfigRecord({P.WANT_PARTITION_ID: True}),
-                                                P.RUN_CONFIG: self.run_config}),
-                            message_type=MessageType.QUERY, dst_node_id=node)
-                    for node in self._wait_for_nodes(grid)]
-        by_node = {}
-        for reply in grid.send_and_receive(messages=messages, timeout=self.round_timeout):
-            node = reply.metadata.src_node_id
-            try:
-                if reply.has_error():
-                    raise ReplyError(f"an error: {getattr(reply.error, 'reason', reply.error)}")
-                metrics = reply.content.metric_records.get(P.METRICS)
-                if metrics is None or P.INDEX not in metrics:
-                    raise ReplyError("no partition-id")
-                by_node[node] = Reply(arrays={}, metrics=dict(metrics))
-            except Exception as err:  # noqa: BLE001 - a hostile reply may break the decoder
-                log(WARNING, "Rejected the index reply of node %s: %s.", node, err)
+        by_node = self.query_nodes(grid, self._wait_for_nodes(grid))
         self._learn_indices(server_round, by_node)
         self._handle_missing(server_round, by_node)
 

@@ -165,6 +165,33 @@ def parse_reply(content, specs: list[ArraySpec] | None, required: Iterable[str],
     return Reply(arrays, metrics)
 
 
+def parse_cohort_reply(content, clients: list[int], specs: list[ArraySpec], required: Iterable[str],
+                       known: Iterable[str]) -> dict[int, Reply | ReplyError]:
+    """A SuperNode's reply for the cohort of logical ``clients`` it was sent: exactly one
+    array record and one metric record per client (``cohort_keys``), nothing else, or
+    the whole reply is rejected (ReplyError); then each client's records are checked as a
+    reply of its own, and a client whose records fail holds its ReplyError."""
+    expected_arrays = {P.cohort_keys(c)[0] for c in clients}
+    expected_metrics = {P.cohort_keys(c)[1] for c in clients}
+    array_records, metric_records = dict(content.array_records), dict(content.metric_records)
+    if set(array_records) != expected_arrays or set(metric_records) != expected_metrics \
+            or len(content.config_records):
+        raise ReplyError(
+            f"it holds array records {sorted(array_records)} and metric records "
+            f"{sorted(metric_records)} (and {len(content.config_records)} config records); "
+            f"expected one '{P.ARRAYS}/<client>' and one '{P.METRICS}/<client>' for each of the "
+            f"clients {clients} it was sent, and nothing else")
+    out: dict[int, Reply | ReplyError] = {}
+    for client in clients:
+        arrays_key, metrics_key = P.cohort_keys(client)
+        try:
+            metrics = check_metrics(metric_records[metrics_key], required, known)
+            out[client] = Reply(decode_arrays(array_records[arrays_key].items(), specs), metrics)
+        except ReplyError as err:
+            out[client] = err
+    return out
+
+
 def flat(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """All arrays as one float64 vector, in their order."""
     return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in arrays.values()])
