@@ -30,13 +30,6 @@ class GossipPGA(Algorithm):
     name = "gossip_pga"
     decentralized = True
 
-    @classmethod
-    def check(cls, cfg) -> None:
-        if cfg.data.num_clients > 0:
-            raise ValueError("gossip_pga places one model per SuperNode; cohorts of logical clients "
-                             "(data.num_clients > 0) are not built for it yet: set data.num_clients=0 "
-                             "and start one SuperNode per graph node.")
-
     def __init__(self, cfg, num_nodes: int | None = None, mixing=None):
         """``mixing``: ``step -> W`` instead of ``strategy.topology`` (a graph of your own)."""
         super().__init__(cfg, num_nodes)

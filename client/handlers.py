@@ -104,7 +104,8 @@ def _setup(msg: Message, context: Context, with_split: bool = True):
     split = node_split(cfg, spec, context) if with_split else None
     device = tasks.pick_device(cfg.train.device)
     model = _resident_model(key, str(device))
-    model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
+    if P.ARRAYS in msg.content.array_records:  # a Gossip-PGA cohort sends one model per client
+        model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
     return cfg, spec, split, model, partition_id
 
 
@@ -159,15 +160,22 @@ def _train_cohort(msg: Message, context: Context, clients: list[int]) -> Message
         raise ValueError(f"This SuperNode (partition-id={partition_id} of num-partitions={hosts}) "
                          f"was sent clients {clients} of data.num_clients={n}; it hosts the clients "
                          "c with c % num-partitions == partition-id.")
-    server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
+    config = msg.content[P.CONFIG]
+    server_round = int(config[P.SERVER_ROUND])
     start = {k: v.clone() for k, v in model.state_dict().items()}
     content = RecordDict()
     for client in clients:
-        model.load_state_dict(start)
+        own = P.cohort_keys(client)[0]
+        if own in msg.content.array_records:  # Gossip-PGA: this client's own model
+            model.load_state_dict(msg.content[own].to_torch_state_dict())
+        else:
+            model.load_state_dict(start)
         split = tasks.client_split(cfg, client, n, disk_cache=True)
         arrays, metrics = _client_round(cfg, spec, model, split, client, server_round, context,
                                         f"{P.STATE_MOMENTUM}/{client}",
                                         attack_kind(cfg, context, client, num_partitions=n))
+        if config.get(P.WANT_PARTITION_ID, False):
+            metrics[P.INDEX] = client
         arrays_key, metrics_key = P.cohort_keys(client)
         content[arrays_key], content[metrics_key] = arrays, metrics
     return Message(content=content, reply_to=msg)

@@ -127,8 +127,8 @@ class DataSection:
         "partition-id, of P nodes) hosts those with c % P == p, trains the ones the server "
         "sampled one after the other and replies each client's result separately, so one "
         "message per node and round carries many clients (cross-device scale). A cohort run "
-        "equals the run with N SuperNodes of one client each. fedavg, clipped_fedavg, "
-        "naive_clipping and fedprox.",
+        "equals the run with N SuperNodes of one client each; under gossip_pga the N graph "
+        "nodes are the logical clients.",
         ge=0,
     )
     partition: str = opt(

@@ -89,7 +89,7 @@ def main(grid: Grid, context: Context) -> None:
         log(WARNING, "fedlocal: with the %d node(s) connected now: %s", connected, err)
     num_nodes = evaluate_nodes = None
     if algorithms.get(cfg.strategy.name).decentralized:  # one model per node, on a graph
-        num_nodes = connected
+        num_nodes = cfg.data.num_clients or connected  # cohorts: the logical clients
 
         def evaluate_nodes(records: list[ArrayRecord]) -> dict[str, float]:
             results = []

@@ -78,9 +78,11 @@ class GossipPGA(FedAvg):
         if failure_policy not in ("stop", "renormalize"):
             raise ValueError(f"failure_policy must be 'stop' or 'renormalize', not {failure_policy!r}.")
         n = algorithm.num_nodes
+        hosts = cfg.strategy.min_available_nodes if cfg.data.num_clients else n
         super().__init__(cfg, run_config, algorithm, fraction_train=1.0, fraction_evaluate=0.0,
-                         min_train_nodes=n, min_available_nodes=n,
+                         min_train_nodes=hosts, min_available_nodes=hosts,
                          weighting="uniform", aggregator=aggregator)
+        self.cohorts = cfg.data.num_clients > 0  # graph nodes are logical clients on fewer SuperNodes
         self.min_nodes = min_nodes
         self.n, self.mixing = n, algorithm.mixing
         self.failure_policy, self.evaluate_nodes = failure_policy, evaluate_nodes
@@ -95,6 +97,8 @@ class GossipPGA(FedAvg):
     ) -> Iterable[Message]:
         config[P.SERVER_ROUND] = server_round
         config[P.WANT_PARTITION_ID] = True
+        if self.cohorts:
+            return self._cohort_messages(arrays, config, grid)
         if self.X is None:  # round 1: everyone starts from x_0; learn the indices
             node_ids = self._wait_for_nodes(grid)
             self.layout = flatten(arrays)[1]
@@ -111,6 +115,30 @@ class GossipPGA(FedAvg):
             )
             for node_id, record in payloads.items()
         ]
+        self.specs = [ArraySpec(name, tuple(shape), dtype) for name, (shape, dtype) in self.layout.items()]
+        self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
+        return messages
+
+    def _cohort_messages(self, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        """Cohorts: graph node i is logical client i, hosted by the SuperNode with
+        partition-id i % P; each SuperNode gets one message with the models of the active
+        graph nodes it hosts (``P.cohort_keys``). The graph index is the client id, so no
+        node reports one before it is placed."""
+        hosts = self.partition_ids(grid)
+        if self.X is None:
+            self.layout = flatten(arrays)[1]
+        self.node_of = {i: i for i in self.active}  # graph index -> the id its reply carries
+        self.cohort_of, contents = {}, {}
+        for i in self.active:
+            node = hosts[i % len(hosts)]
+            self.cohort_of.setdefault(node, []).append(i)
+            record = arrays if self.X is None else unflatten(self.X[i], self.layout)
+            contents.setdefault(node, RecordDict())[P.cohort_keys(i)[0]] = record
+        messages = []
+        for node, content in contents.items():
+            content[P.CONFIG] = ConfigRecord({**config, P.CLIENTS: self.cohort_of[node]})
+            content[P.RUN_CONFIG] = self.run_config
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         self.specs = [ArraySpec(name, tuple(shape), dtype) for name, (shape, dtype) in self.layout.items()]
         self.bytes_sent = sum(P.payload_bytes(m.content) for m in messages)
         return messages
@@ -135,7 +163,7 @@ class GossipPGA(FedAvg):
         sound, _, _ = self.sound_replies(server_round, replies, self.specs,
                                          (P.TRAIN_LOSS, P.INDEX))
         by_node = {node: reply for node, (reply, _) in sound.items()}
-        if self.X is None:
+        if self.X is None and not self.cohorts:  # cohorts: the server placed every client itself
             self._learn_indices(server_round, by_node)
         self._handle_missing(server_round, by_node)
 

@@ -16,7 +16,7 @@ import engine
 import tasks
 from client import handlers
 from client import protocol as P
-from conf import ConfigError, load_config, to_flat
+from conf import load_config, to_flat
 from strategies import build_strategy
 from tests.test_clipped import FIXED
 
@@ -137,6 +137,30 @@ def test_a_node_refuses_clients_it_does_not_host(flower_identity):
         handlers.train(message, CohortGrid(NODES).contexts[100])
 
 
-def test_gossip_refuses_cohorts():
-    with pytest.raises(ConfigError, match="cohorts of logical clients"):
-        load_config({"strategy.name": "gossip_pga", "data.num_clients": 8})
+@pytest.mark.parametrize("aggregator", ["mean", "median"])
+def test_a_gossip_cohort_equals_the_engine(flower_identity, aggregator):
+    """Gossip-PGA with its 8 graph nodes as logical clients on 3 SuperNodes: each node is
+    sent the models of the graph nodes it hosts, and the node models equal the engine's."""
+    cfg = load_config({**COHORT, "strategy.name": "gossip_pga", "train.local_steps": 1,
+                       "strategy.period": 3, "strategy.aggregator": aggregator})
+    model = tasks.make_model(cfg, tasks.load_task(cfg))
+    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes=CLIENTS)
+    grid = CohortGrid(NODES)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=5)
+    want = engine.run(cfg, CLIENTS, 5).X
+    np.testing.assert_allclose(strategy.X, want, rtol=0, atol=1e-6)
+    assert np.abs(want - want.mean(0)).max() > 1e-4  # iteration 5 is a gossip step
+    trains = [m for m in grid.messages if m.metadata.message_type == MessageType.TRAIN]
+    assert len(trains) == 5 * NODES
+    assert strategy.round_metrics[5]["num_replies"] == CLIENTS
+
+
+def test_a_gossip_cohort_client_that_fails_follows_the_failure_policy(flower_identity, caplog):
+    cfg = load_config({**COHORT, "strategy.name": "gossip_pga", "train.local_steps": 1,
+                       "strategy.failure_policy": "renormalize"})
+    model = tasks.make_model(cfg, tasks.load_task(cfg))
+    strategy = build_strategy(cfg, ConfigRecord(to_flat(cfg)), num_nodes=CLIENTS)
+    strategy.start(grid=CohortGrid(NODES, tamper=nan_client(4)),
+                   initial_arrays=ArrayRecord(model.state_dict()), num_rounds=2)
+    assert 4 not in strategy.active and len(strategy.active) == CLIENTS - 1
+    assert "rejected client 4 of node 101" in caplog.text
