@@ -164,13 +164,14 @@ def _train_cohort(msg: Message, context: Context, clients: list[int]) -> Message
     server_round = int(config[P.SERVER_ROUND])
     start = {k: v.clone() for k, v in model.state_dict().items()}
     content = RecordDict()
+    folder = context.node_config.get(P.DATA_PATH)
     for client in clients:
         own = P.cohort_keys(client)[0]
         if own in msg.content.array_records:  # Gossip-PGA: this client's own model
             model.load_state_dict(msg.content[own].to_torch_state_dict())
         else:
             model.load_state_dict(start)
-        split = tasks.client_split(cfg, client, n, disk_cache=True)
+        split = cohort_split(cfg, spec, client, n, folder)
         arrays, metrics = _client_round(cfg, spec, model, split, client, server_round, context,
                                         f"{P.STATE_MOMENTUM}/{client}",
                                         attack_kind(cfg, context, client, num_partitions=n))
@@ -179,6 +180,24 @@ def _train_cohort(msg: Message, context: Context, clients: list[int]) -> Message
         arrays_key, metrics_key = P.cohort_keys(client)
         content[arrays_key], content[metrics_key] = arrays, metrics
     return Message(content=content, reply_to=msg)
+
+
+def cohort_split(cfg, spec: tasks.TaskSpec, client: int, num_clients: int, folder) -> tasks.Split:
+    """Logical client ``client``'s data: its own file ``client-<c>.npz`` (``.txt`` for a
+    language task) in the folder the node's ``data-path`` names (a silo hosting several
+    data owners), or its slice of the central data set."""
+    if folder is None:
+        return tasks.client_split(cfg, client, num_clients, disk_cache=True)
+    from pathlib import Path
+
+    from tasks.local_data import suffix_for
+
+    root = Path(str(folder)).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data-path={str(folder)!r}: with data.num_clients > 0 a SuperNode's "
+                         "data-path names a folder holding one file per logical client it hosts "
+                         f"(client-<c>{suffix_for(spec)}), not a file.")
+    return load_local(root / f"client-{client}{suffix_for(spec)}", spec)
 
 
 def _client_round(cfg, spec, model, split, client: int, server_round: int, context: Context,

@@ -164,3 +164,22 @@ def test_a_gossip_cohort_client_that_fails_follows_the_failure_policy(flower_ide
                    initial_arrays=ArrayRecord(model.state_dict()), num_rounds=2)
     assert 4 not in strategy.active and len(strategy.active) == CLIENTS - 1
     assert "rejected client 4 of node 101" in caplog.text
+
+
+def test_a_silo_reads_each_clients_own_file(flower_identity, tmp_path):
+    """A SuperNode whose data-path is a folder (a silo of data owners): logical client c
+    trains on client-<c>.npz there. Files holding the central slices give the engine's model."""
+    cfg = load_config({**COHORT, "strategy.name": "fedavg"})
+    for c in range(CLIENTS):
+        split = tasks.client_split(cfg, c, CLIENTS)
+        np.savez(tmp_path / f"client-{c}.npz", x=split.x.numpy(), y=split.y.numpy())
+    grid = CohortGrid(NODES)
+    for context in grid.contexts.values():
+        context.node_config[P.DATA_PATH] = str(tmp_path)
+    state, _ = hosted(cfg, 2, grid)
+    want = engine.run(cfg, CLIENTS, rounds=2).state
+    for key, value in want.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
+    (tmp_path / "client-4.npz").unlink()
+    with pytest.raises(Exception, match="client-4.npz"):
+        hosted(cfg, 1, grid)
