@@ -194,11 +194,12 @@ def run(overrides: dict, num_clients: int, rounds: int, processes: int | None = 
                 replies.update(pipe.recv())
             x = flat({n: p.detach().numpy() for n, p in zip(names, params, strict=True)})
             got = rows[: len(clients)].numpy()
-            kept = [k for k in range(len(clients)) if np.isfinite(got[k]).all()]
+            kept = np.flatnonzero(np.isfinite(got).all(axis=1)).tolist()
             record = {M.ROUND: r, M.NUM_REPLIES: len(kept), M.AGGREGATE_REJECTED: 1}
             if kept:
                 w = weights[[clients[k] for k in kept]]
-                step = server_step(algorithm, aggregator, x, got[kept].astype(np.float64), w,
+                block = got if len(kept) == len(clients) else got[kept]  # no copy when all are sound
+                step = server_step(algorithm, aggregator, x, block.astype(np.float64), w,
                                    [clients[k] for k in kept], settings, specs)
                 metrics = weighted_metrics([Reply({}, replies[k]) for k in kept], list(w),
                                            P.MAX_METRICS)
