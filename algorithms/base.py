@@ -130,8 +130,10 @@ def server_step(algorithm: Algorithm, aggregator, x: np.ndarray, rows: np.ndarra
                 weights: np.ndarray, keys, settings: RoundSettings,
                 specs: list[ArraySpec]) -> ServerStep:
     """Combine the sound replies (the rows of ``rows``, flat float64, with ``weights``;
-    ``keys`` name them for stateful rules) and take the algorithm's server step from x."""
-    updates = rows if algorithm.sends_gradients else rows - x
+    ``keys`` name them for stateful rules) and take the algorithm's server step from x.
+    ``rows`` is consumed: the updates x_k - x are formed in its place (no second copy of
+    what may be a thousand models)."""
+    updates = rows if algorithm.sends_gradients else np.subtract(rows, x, out=rows)
     started = time.perf_counter()
     result = aggregator(updates, weights, keys=keys)
     metrics = {key: float(value) for key, value in result.info.items()}

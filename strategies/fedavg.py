@@ -81,11 +81,18 @@ def canonical_order(sound: dict[int, tuple[Reply, float]]):
     """The sound replies as ``(node ids, replies, weights, (n, d) rows)``, in the order of a
     digest of each row's bytes, not of node ids or arrival: the same replies give the same
     float sums in any run, which a resumed run (new node ids) needs to be bit-exact."""
-    rows = [flat(reply.arrays) for reply, _ in sound.values()]
-    order = sorted(range(len(rows)), key=lambda i: hashlib.blake2b(rows[i].tobytes()).digest())
     nodes, items = list(sound), list(sound.values())
+    digests = [hashlib.blake2b(flat(reply.arrays).tobytes()).digest() for reply, _ in items]
+    order = sorted(range(len(items)), key=digests.__getitem__)
+    # one (n, d) float64 matrix and nothing else of that size: a cohort round's replies are
+    # many (1000 clients x the model), so the rows are flattened straight into their place
+    # and each reply lets go of its arrays once they are there
+    rows = np.empty((len(items), sum(np.size(v) for v in items[0][0].arrays.values()) if items else 0))
+    for k, i in enumerate(order):
+        rows[k] = flat(items[i][0].arrays)
+        items[i][0].arrays = {}
     return ([nodes[i] for i in order], [items[i][0] for i in order],
-            np.array([items[i][1] for i in order]), np.stack([rows[i] for i in order]))
+            np.array([items[i][1] for i in order]), rows)
 
 
 class DropoutError(RuntimeError):
