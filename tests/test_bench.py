@@ -159,3 +159,15 @@ def test_pfl_trains_fedlocals_splits():
                                  "strategy.weighting": "examples"}, 4, 2, threads=1)
     assert len(result["round_seconds"]) == 2 and result["pfl"]
     assert result["final_test_accuracy"] > 0.5
+
+
+def test_a_limit_slower_than_the_engine_judges_no_target():
+    """On a busy machine limit's workers may not get a core each; then its ratio is
+    printed but issue 16's target is not judged against it."""
+    fed = {"clients": 10, "rounds": 3, "engine_median": 0.5,
+           "systems": {"simulation": {"median": 0.6}, "limit": {"median": 0.9},
+                       "pfl": {"available": False, "note": "not run"}},
+           "ratios": {"simulation_over_limit": 0.6 / 0.9, "simulation_over_pfl": None},
+           "targets": {"simulation_within_1.2x_limit": None}}
+    assert fedavg_compare.anchor_broken(fed["systems"]["limit"], 0.5)
+    assert "not judged, limit was slower than engine" in fedavg_compare.peer_line(fed)
