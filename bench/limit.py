@@ -9,8 +9,9 @@ functions the engine (``engine.run``) and the Flower strategy call: the client h
 ``algorithms.get(strategy.name).client_update`` (the one training loop) with
 ``algorithms.settings.round_settings(cfg, r)``, the splits ``tasks.client_split``, the
 batch seeds ``client.train.round_seed(run.seed, client, round)``, the clients of each
-round ``engine.sampled_clients`` and the server half ``algorithms.base.server_step``
-with the configured aggregator. So its model equals the engine's (tests/test_bench_limit.py).
+round ``algorithms.base.sampled_clients`` (the strategy's rule) and the server half
+``algorithms.base.server_step`` with the configured aggregator. So its model equals the
+engine's (tests/test_bench_limit.py).
 
 Each round the main process writes the global model (float32) into a shared tensor,
 sends every worker its share of the round's clients (balanced by local steps, the
@@ -132,7 +133,7 @@ def run(overrides: dict, num_clients: int, rounds: int, processes: int | None = 
     import algorithms
     import engine
     import tasks
-    from algorithms.base import server_step
+    from algorithms.base import sampled_clients, server_step
     from algorithms.settings import round_settings
     from client import protocol as P
     from conf import load_config
@@ -151,7 +152,7 @@ def run(overrides: dict, num_clients: int, rounds: int, processes: int | None = 
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     specs = [ArraySpec(n, tuple(p.shape), np.dtype(np.float32)) for n, p in zip(names, params, strict=True)]
-    schedule = engine.sampled_clients(cfg, num_clients, rounds)
+    schedule = sampled_clients(cfg, num_clients, rounds)
     size = sum(p.numel() for p in params)
     model_vec = torch.zeros(size).share_memory_()
     rows = torch.zeros(max(len(c) for c in schedule), size).share_memory_()
@@ -236,8 +237,8 @@ def timed_run(overrides: dict, clients: int, rounds: int, evaluate: bool = True,
               processes: int | None = None) -> dict:
     """``run``, as the JSON ``bench.systems.run_limit`` reads (the shape of
     ``bench.engine_timing``'s)."""
-    import engine
     import tasks
+    from algorithms.base import sampled_clients
     from algorithms.settings import round_settings
     from conf import load_config
 
@@ -246,7 +247,7 @@ def timed_run(overrides: dict, clients: int, rounds: int, evaluate: bool = True,
     cfg = load_config(overrides)
     sizes = [len(tasks.client_split(cfg, i, clients)) for i in range(clients)]
     per_round = []
-    for r, (record, chosen) in enumerate(zip(result.records, engine.sampled_clients(cfg, clients, rounds),
+    for r, (record, chosen) in enumerate(zip(result.records, sampled_clients(cfg, clients, rounds),
                                              strict=True), start=1):
         settings = round_settings(cfg, r)
         per_round.append({

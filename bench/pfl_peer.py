@@ -10,7 +10,7 @@ an optional extra: where it is not installed the row is skipped with a note
 
 What pfl gets from fedlocal: the clients' splits (``tasks.federation``, the same rows),
 the model (``tasks.make_model``: the same architecture and initial weights), the loss,
-each round's clients (``engine.sampled_clients``, fed to pfl as its user sampler), the
+each round's clients (``algorithms.base.sampled_clients``, fed to pfl as its user sampler), the
 learning rate, batch size and local epochs of ``round_settings``, the weighting
 (``strategy.weighting``: pfl's ``WeightByDatapoints`` or ``WeightByUser``) and the
 central evaluation after every round (pfl's ``model.evaluate`` on the task's test
@@ -75,8 +75,8 @@ def timed_run(overrides: dict, clients: int, rounds: int, threads: int = 0) -> d
     from pfl.metrics import Metrics, StringMetricName, Weighted
     from pfl.model.pytorch import PyTorchModel
 
-    import engine
     import tasks
+    from algorithms.base import sampled_clients
     from algorithms.settings import round_settings
     from client.train import round_seed
     from conf import load_config
@@ -85,7 +85,7 @@ def timed_run(overrides: dict, clients: int, rounds: int, threads: int = 0) -> d
     cfg = load_config(overrides)
     check(cfg)
     data, loss_fn, splits, net = tasks.federation(cfg, clients)
-    schedule = engine.sampled_clients(cfg, clients, rounds)
+    schedule = sampled_clients(cfg, clients, rounds)
     settings = round_settings(cfg, 1)  # constant over the rounds (check)
 
     class Module(torch.nn.Module):
