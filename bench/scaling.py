@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
                         help="comma-separated client counts (default 10,100,1000; quick 100)")
     parser.add_argument("--scaling-10k", action="store_true",
                         help="add the point of 10,000 clients, 1000 per round (minutes more)")
+    parser.add_argument("--cohort-nodes", type=int, default=os.cpu_count() or 2,
+                        help="SuperNodes of the simulation_cohorts row, each hosting a cohort of "
+                        "the logical clients (data.num_clients; default: one per core); 0 = no such row")
     parser.add_argument("--scaling-rounds", type=int, default=None,
                         help="rounds per scaling point (default 5; quick 2)")
 
@@ -66,13 +69,22 @@ def run(args) -> dict:
         examples = round(sum(engine["examples_per_round"]) / len(engine["examples_per_round"]))
         limit = run_limit(config, clients, args.scaling_rounds, examples)
         sim = run_fedlocal(config, clients, args.scaling_rounds, examples, args.app_dir)
+        cohorts = None
+        if 0 < args.cohort_nodes < clients:  # the same clients as logical clients of a few nodes
+            nodes = args.cohort_nodes
+            cohorts = run_fedlocal({**config, "data.num_clients": clients,
+                                    "strategy.min_available_nodes": nodes},
+                                   nodes, args.scaling_rounds, examples, args.app_dir)
+            log(f"    simulation_cohorts ({clients} clients on {nodes} SuperNodes) median "
+                f"{cohorts['median']:.3f} s/round, peak PSS {cohorts['memory']['peak_pss_mb']:.0f} MB")
         pfl = run_pfl(config, clients, args.scaling_rounds, examples, args.pfl_threads)
         log(f"    simulation median {sim['median']:.3f} s/round, engine {engine['median']:.3f}, "
             f"limit {limit['median']:.3f}, pfl "
             + (f"{pfl['median']:.3f}" if pfl.get("available", True) else "not run")
             + f", simulation's peak RSS {sim['memory']['peak_rss_mb']:.0f} MB")
         point = {"clients": clients, "sampled": min_nodes, "simulation": sim, "engine": engine,
-                 "limit": limit, "pfl": pfl, "ratio": sim["median"] / engine["median"]}
+                 "limit": limit, "pfl": pfl, "ratio": sim["median"] / engine["median"],
+                 "simulation_cohorts": cohorts}
         point.update(_over(point))
         points.append(point)
     result = {"rounds": args.scaling_rounds, "config": overrides, "points": points}
@@ -94,8 +106,10 @@ def run(args) -> dict:
 
 
 def _over(point: dict) -> dict:
-    """simulation's median round over limit's and pfl's at one point (None: not run)."""
-    sim = point["simulation"]["median"]
+    """fedlocal's median round over limit's and pfl's at one point (None: not run):
+    fedlocal is ``simulation_cohorts`` (many logical clients per SuperNode, what fedlocal
+    runs at this scale) where it ran, else ``simulation``."""
+    sim = (point.get("simulation_cohorts") or point["simulation"])["median"]
     return {f"simulation_over_{key}": sim / point[key]["median"]
             if point.get(key) and point[key].get("available", True) and point[key].get("median")
             else None for key in ("limit", "pfl")}
@@ -117,23 +131,29 @@ def markdown(report: dict, scale: dict) -> list[str]:
         f"{scale['rounds']} rounds",
         "",
         "| clients | sampled per round | simulation round s (median) | "
-        "simulation round s (p90) | engine round s | limit round s | pfl round s | "
-        "simulation / engine | simulation / limit | simulation / pfl | first round s | "
-        "start-up s | peak RSS MB | peak PSS MB | processes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "simulation round s (p90) | simulation_cohorts round s | engine round s | limit round s | "
+        "pfl round s | simulation / engine | fedlocal / limit | fedlocal / pfl | first round s | "
+        "start-up s | peak RSS MB | peak PSS MB | cohorts peak PSS MB | processes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- | --- |",
     ]
     for p in scale["points"]:
         sim, mem = p["simulation"], p["simulation"]["memory"]
         over = _over(p)
         limit, pfl = p.get("limit") or {}, p.get("pfl") or {}
+        cohorts = p.get("simulation_cohorts") or {}
         lines.append(
             f"| {p['clients']} | {p['sampled']} | {fmt(sim['median'], 3)} | "
-            f"{fmt(sim['p90'], 3)} | {fmt(p['engine']['median'], 3)} | "
+            f"{fmt(sim['p90'], 3)} | {fmt(cohorts.get('median'), 3)} | {fmt(p['engine']['median'], 3)} | "
             f"{fmt(limit.get('median'), 3)} | {fmt(pfl.get('median'), 3)} | {p['ratio']:.2f}x | "
             f"{fmt(over['simulation_over_limit'], 2, 'x')} | {fmt(over['simulation_over_pfl'], 2, 'x')} | "
             f"{fmt(sim['first_round'])} | {fmt(sim['startup'])} | {mem['peak_rss_mb']:.0f} | "
-            f"{mem['peak_pss_mb']:.0f} | {mem['max_processes']} |"
+            f"{mem['peak_pss_mb']:.0f} | {fmt((cohorts.get('memory') or {}).get('peak_pss_mb'), 0)} | "
+            f"{mem['max_processes']} |"
         )
+    lines += ["", "fedlocal = `simulation_cohorts` (the clients as logical clients of "
+              "`--cohort-nodes` SuperNodes, `data.num_clients`) where it ran, else `simulation` "
+              "(one SuperNode per client)."]
     if "100_clients_under_4GB_rss" in scale.get("targets", {}):
         t = scale["targets"]
         hundred = next(p for p in scale["points"] if p["clients"] == 100)["simulation"]

@@ -183,7 +183,12 @@ def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
             f"run.output_dir = {out!r} is relative. Give an absolute path or one starting "
             "with '~': the ServerApp may run in another process and working directory."
         )
-    if cfg.strategy.min_available_nodes < cfg.strategy.min_train_nodes:
+    clients = cfg.data.num_clients
+    if clients and cfg.strategy.min_train_nodes > clients:
+        raise ConfigError(
+            f"strategy.min_train_nodes = {cfg.strategy.min_train_nodes} logical clients a round, "
+            f"but data.num_clients = {clients}: lower strategy.min_train_nodes.")
+    if not clients and cfg.strategy.min_available_nodes < cfg.strategy.min_train_nodes:
         raise ConfigError(
             "strategy.min_available_nodes must be >= strategy.min_train_nodes "
             f"({cfg.strategy.min_available_nodes} < {cfg.strategy.min_train_nodes})."
@@ -194,14 +199,15 @@ def _check_consistency(cfg: Config, num_nodes: int | None = None) -> None:
         algorithms.get(cfg.strategy.name).check(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    check_nodes(cfg.strategy, num_nodes)
+    check_nodes(cfg.strategy, num_nodes, clients)
     _check_model_size(cfg)
 
 
-def check_nodes(s, num_nodes: int | None) -> None:
+def check_nodes(s, num_nodes: int | None, num_clients: int = 0) -> None:
     """Node counts (``s``: the strategy section): gossip needs a graph, a round needs the
     replies it asks for. ``load_config(..., num_nodes)`` runs it; the ServerApp runs it again
-    once it knows how many nodes are connected."""
+    once it knows how many nodes are connected. With cohorts (``num_clients`` logical
+    clients, ``data.num_clients``) the work is sent to clients, not nodes."""
     import algorithms
 
     gossip = algorithms.get(s.name).decentralized  # one model per node, on a graph
@@ -233,7 +239,9 @@ def check_nodes(s, num_nodes: int | None) -> None:
             "for nodes that never come, then stop. Lower it or start more SuperNodes."
         )
     # Flower's FedAvg sends work to max(int(n * fraction_train), min_train_nodes) nodes
-    sent = min(num_nodes, max(int(num_nodes * s.fraction_train), s.min_train_nodes))
+    # (cohorts: logical clients)
+    workers = num_clients or num_nodes
+    sent = min(workers, max(int(workers * s.fraction_train), s.min_train_nodes))
     if not gossip and s.min_replies >= 1 and int(s.min_replies) > sent:
         raise ConfigError(
             f"strategy.min_replies = {s.min_replies:g} asks for {int(s.min_replies)} sound "

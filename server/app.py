@@ -84,7 +84,7 @@ def main(grid: Grid, context: Context) -> None:
         cfg.strategy.name, cfg.task.name, cfg.run.rounds, folder.path)
     connected = wait_for_nodes(grid, cfg.strategy.min_available_nodes, cfg.strategy.node_wait)
     try:  # node counts the federation cannot meet, with the nodes connected now (more may come)
-        check_nodes(cfg.strategy, connected)
+        check_nodes(cfg.strategy, connected, cfg.data.num_clients)
     except ConfigError as err:
         log(WARNING, "fedlocal: with the %d node(s) connected now: %s", connected, err)
     num_nodes = evaluate_nodes = None

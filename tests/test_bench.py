@@ -50,7 +50,8 @@ def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch,
     targets), their markdown, ``bench.run.main`` and its result files, in well under a
     second of work."""
     engine = lambda *a, **k: _system(1.0, 0.5, examples_per_round=[512] * 3)
-    simulation = lambda *a, **k: _system(8.0, 0.6)
+    calls = []
+    simulation = lambda *a, **k: calls.append(a) or _system(8.0, 0.6)
     deployment = lambda args, overrides, clients, rounds, examples: _system(
         50.0, 12.0, n=rounds, rounds=rounds, supernodes=clients,
         env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
@@ -83,7 +84,8 @@ def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch,
     shakespeare.write_text("to be or not to be\n")
     doc = DOC.read_text()
 
-    assert run.main(["--no-docs", "--deployment", "--rounds", "3", "--scaling-clients", "10,100,1000",
+    assert run.main(["--no-docs", "--deployment", "--rounds", "3", "--cohort-nodes", "2",
+                     "--scaling-clients", "10,100,1000",
                      "--scaling-rounds", "3", "--gossip-rounds", "3", "--shakespeare-rounds", "3",
                      "--shakespeare", str(shakespeare)]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -130,7 +132,10 @@ def test_the_jobs_write_the_report_from_synthetic_systems(tmp_path, monkeypatch,
     assert "| limit: the same steps, one worker process per core | 0.402 |" in md
     assert "simulation/limit = **1.50x** (issue 16's target with 10 clients ≤ 1.2x: not met" in md
     assert "simulation/pfl = **0.80x** (pfl-research 0.6.0, 2 torch threads)" in md
-    assert "| 1000 | 100 | 0.603 | 0.605 | 0.502 | 0.402 | 0.754 | 1.20x | 1.50x | 0.80x |" in md
+    assert "| 1000 | 100 | 0.603 | 0.605 | 0.603 | 0.502 | 0.402 | 0.754 | 1.20x | 1.50x | 0.80x |" in md
+    assert scale["points"][-1]["simulation_cohorts"]["median"] == pytest.approx(0.603)
+    # the cohort row: the same 1000 clients as logical clients of 2 SuperNodes
+    assert any(a[0].get("data.num_clients") == 1000 and a[1] == 2 for a in calls)
     assert not re.search(r"\((a|a2|b|b'|c|d)\)|\b(b_eval|a2)\b", md)  # the old letters
 
 
