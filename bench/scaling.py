@@ -165,13 +165,13 @@ def markdown(report: dict, scale: dict) -> list[str]:
     thousand = next((p for p in scale["points"] if p["clients"] == 1000), None)
     if thousand is not None and "1000_clients_within_1.3x_limit" in scale.get("targets", {}):
         t = scale["targets"]
-        text = (f"1000 clients, 100 per round: simulation/limit = "
+        text = (f"1000 clients, 100 per round: fedlocal/limit = "
                 f"**{thousand['simulation_over_limit']:.2f}x** (issue 16's target ≤ 1.3x: "
                 + ("not judged, limit was slower than engine in this run: its workers did not "
                    "get a core each)" if t["1000_clients_within_1.3x_limit"] is None else
                    f"{'met' if t['1000_clients_within_1.3x_limit'] else 'not met'} in this run)"))
         if "1000_clients_faster_than_pfl" in t:
-            text += (f"; simulation/pfl = **{thousand['simulation_over_pfl']:.2f}x** (target < 1: "
+            text += (f"; fedlocal/pfl = **{thousand['simulation_over_pfl']:.2f}x** (target < 1: "
                      f"{'met' if t['1000_clients_faster_than_pfl'] else 'not met'} in this run)")
         lines += ["", text + "."]
     notes = {p["pfl"]["note"] for p in scale["points"]

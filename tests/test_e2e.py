@@ -160,7 +160,7 @@ def test_a_gossip_cohort_in_flowers_simulation_equals_the_engine(sim, tmp_path):
     from engine import run as simulate
 
     overrides = {"strategy.name": "gossip_pga", "data.num_clients": 8, "strategy.period": 3,
-                 "strategy.min_available_nodes": 3, "run.rounds": 5,
+                 "strategy.min_available_nodes": 3, "run.rounds": 4,
                  "run.output_dir": str(tmp_path), "run.name": "gossip-cohort"}
     status, output = sim.run(overrides, num_supernodes=3)
     assert status == "finished:completed", output[-3000:]
