@@ -105,6 +105,14 @@ def run_engine(overrides: dict, clients: int, rounds: int, threads: int, evaluat
         "bench.engine_timing", ["--clients", str(clients), "--rounds", str(rounds), "--threads",
                                 str(threads), "--overrides", json.dumps(overrides),
                                 *(["--evaluate"] if evaluate else [])])
+    return {**_timed(result, wall, memory, samples),
+            "final_train_loss": result.get("final_train_loss"),
+            "torch_threads": result["torch_threads"], "device": result["device"]}
+
+
+def _timed(result: dict, wall: float, memory, samples: int | None) -> dict:
+    """What ``engine`` and ``limit`` report alike: round statistics (samples/s from the
+    first round's examples unless given), start-up, wall time, memory and accuracy."""
     records = result["rounds"]
     if samples is None:
         samples = records[0]["examples"] if records else None
@@ -116,9 +124,6 @@ def run_engine(overrides: dict, clients: int, rounds: int, threads: int, evaluat
         "examples_per_round": [r["examples"] for r in records],
         "train_seconds": [r["train_seconds"] for r in records],
         "final_test_accuracy": result.get("final_test_accuracy"),
-        "final_train_loss": result.get("final_train_loss"),
-        "torch_threads": result["torch_threads"],
-        "device": result["device"],
     }
 
 
@@ -129,20 +134,8 @@ def run_limit(overrides: dict, clients: int, rounds: int, samples: int | None = 
     result, wall, memory = run_measured(
         "bench.limit", ["--clients", str(clients), "--rounds", str(rounds), "--evaluate",
                         "--processes", str(processes or 0), "--overrides", json.dumps(overrides)])
-    records = result["rounds"]
-    if samples is None:
-        samples = records[0]["examples"] if records else None
-    return {
-        **round_stats(result["round_seconds"], samples),
-        "startup": result["startup"],
-        "wall": wall,
-        "memory": memory.as_dict(),
-        "examples_per_round": [r["examples"] for r in records],
-        "train_seconds": [r["train_seconds"] for r in records],
-        "final_test_accuracy": result.get("final_test_accuracy"),
-        "processes": result["processes"],
-        "torch_threads": result["torch_threads"],
-    }
+    return {**_timed(result, wall, memory, samples), "processes": result["processes"],
+            "torch_threads": result["torch_threads"]}
 
 
 def pfl_available() -> bool:
