@@ -73,3 +73,16 @@ def test_hosted_gossip_equals_the_engine(flower_identity, name, schedule):
     want = engine.run(cfg, n, 5).X
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert np.abs(want - want.mean(0)).max() > 1e-4  # iteration 5 is a gossip step
+
+
+def test_the_algorithms_and_the_engine_import_no_flwr():
+    """The halves are plain PyTorch/NumPy: importing every algorithm and the engine (and
+    building one round's settings) loads no flwr module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, algorithms, engine; algorithms.names(); "
+            "from algorithms.settings import round_settings; "
+            "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
