@@ -26,10 +26,19 @@ def register(cls):
     return cls
 
 
+_discovered = False
+
+
 def _discover() -> None:
+    """Import every algorithm module once (each registers itself); later lookups, one per
+    client and round in a cohort, do not list the package again."""
+    global _discovered
+    if _discovered:
+        return
     for module in pkgutil.iter_modules(__path__):
         if module.name not in _INTERNAL:
             importlib.import_module(f"{__name__}.{module.name}")
+    _discovered = True
 
 
 def names() -> list[str]:
