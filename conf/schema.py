@@ -174,6 +174,17 @@ class ModelSection:
     width: int = opt("Hidden units per layer (mlp, lstm, rnn).", ge=1)
     depth: int = opt("Hidden layers (mlp) or recurrent layers (lstm, rnn).", ge=1)
     embed_dim: int = opt("Character embedding size (lstm, rnn).", ge=1)
+    parametrization: str = opt(
+        "`standard`: PyTorch layers, He init, biases. `ntk` (mlp with `model.depth` 1 only): "
+        "the two-layer network of Du et al. (2019) that Deng, Kamani, Mahdavi (2022) analyse, "
+        "f(x) = m^-1/2 sum_r a_r relu(w_r^T x), w_r ~ N(0, I), a_r uniform on {-1, +1}, no "
+        "biases; a width-independent step is stable.",
+        choices=("standard", "ntk"),
+    )
+    freeze_output: bool = opt(
+        "Keep the output layer at its initial weights (requires_grad off: not trained, not "
+        "averaged by the one-process engine; a Flower client returns it unchanged)."
+    )
 
 
 @dataclass

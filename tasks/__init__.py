@@ -126,7 +126,7 @@ def make_model(cfg, data: TaskData | TaskSpec) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed)
         return build_model(model_name(cfg), data.input_shape, data.num_outputs, m.width,
-                           m.depth, m.embed_dim)
+                           m.depth, m.embed_dim, m.parametrization, m.freeze_output)
 
 
 def make_loss(cfg, data: TaskData | TaskSpec):

@@ -4,28 +4,58 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
+
+PARAMETRIZATIONS = ("standard", "ntk")
 
 
 class MLP(nn.Module):
-    """``depth`` hidden ReLU layers of ``width`` units, He (Kaiming) initialised."""
+    """``depth`` hidden ReLU layers of ``width`` units.
 
-    def __init__(self, in_features: int, width: int, depth: int, out_features: int):
+    ``parametrization='standard'``: PyTorch layers with biases, He (Kaiming) initialised.
+    ``parametrization='ntk'`` (``depth`` 1): the two-layer network of Du, Zhai, Poczos,
+    Singh (ICLR 2019) that Deng, Kamani, Mahdavi (AISTATS 2022, v1) analyse::
+
+        f(x) = m^-1/2 sum_r a_r relu(w_r^T x),   w_r ~ N(0, I_d),  a_r uniform on {-1, +1}
+
+    no biases (m = ``width``; ``net[-1].weight`` holds the a_r, the factor m^-1/2 is applied
+    in ``forward``). Its tangent kernel has an m-independent limit, so an O(1) step is
+    stable at every width.
+    """
+
+    def __init__(self, in_features: int, width: int, depth: int, out_features: int,
+                 parametrization: str = "standard"):
         super().__init__()
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"Unknown model.parametrization {parametrization!r}; choose "
+                             f"{' or '.join(PARAMETRIZATIONS)}.")
+        ntk = parametrization == "ntk"
+        if ntk and depth != 1:
+            raise ValueError(f"model.parametrization='ntk' is the two-layer network: it needs "
+                             f"model.depth=1, got {depth}.")
         layers: list[nn.Module] = [nn.Flatten()]
         size = in_features
         for _ in range(depth):
-            layers += [nn.Linear(size, width), nn.ReLU()]
+            layers += [nn.Linear(size, width, bias=not ntk), nn.ReLU()]
             size = width
-        layers.append(nn.Linear(size, out_features))
+        layers.append(nn.Linear(size, out_features, bias=not ntk))
         self.net = nn.Sequential(*layers)
+        self.output_scale = width**-0.5 if ntk else 1.0
         for module in self.net:
             if isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if not ntk:
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
+                elif module is layers[-1]:
+                    with torch.no_grad():
+                        module.weight.copy_(torch.randint(0, 2, module.weight.shape) * 2.0 - 1.0)
+                else:
+                    nn.init.normal_(module.weight)
 
     def forward(self, x):
-        return self.net(x)
+        out = self.net(x)
+        return out if self.output_scale == 1.0 else out * self.output_scale
 
     def hidden(self, x):
         """Pre-activations of every hidden layer (for activation-pattern diagnostics)."""
@@ -109,13 +139,31 @@ def parameter_count(name: str, input_shape: tuple[int, ...], num_outputs: int, w
     raise ValueError(f"Unknown model {name!r}; choose mlp, cnn, lstm or rnn.")
 
 
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The layer that maps the last hidden features to the outputs: the last ``nn.Linear``
+    registered (the MLP's ``net[-1]``, the CNN's ``head[-1]``, the RNN's ``out``)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear output layer.")
+    return linears[-1]
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, width: int,
-                depth: int, embed_dim: int) -> nn.Module:
-    """The model named in the config (``auto`` already resolved by the task registry)."""
+                depth: int, embed_dim: int, parametrization: str = "standard",
+                freeze_output: bool = False) -> nn.Module:
+    """The model named in the config (``auto`` already resolved by the task registry);
+    ``freeze_output`` turns off ``requires_grad`` of the output layer (``output_layer``):
+    the training loop then never moves it and the engine does not average it."""
+    if parametrization != "standard" and name != "mlp":
+        raise ValueError(f"model.parametrization={parametrization!r} is for the mlp, not {name!r}.")
     if name == "mlp":
-        return MLP(math.prod(input_shape), width, depth, num_outputs)
-    if name == "cnn":
-        return CNN(input_shape, width, num_outputs)
-    if name in ("lstm", "rnn"):
-        return CharRNN(num_outputs, embed_dim, width, depth, name)
-    raise ValueError(f"Unknown model {name!r}; choose mlp, cnn, lstm or rnn.")
+        model = MLP(math.prod(input_shape), width, depth, num_outputs, parametrization)
+    elif name == "cnn":
+        model = CNN(input_shape, width, num_outputs)
+    elif name in ("lstm", "rnn"):
+        model = CharRNN(num_outputs, embed_dim, width, depth, name)
+    else:
+        raise ValueError(f"Unknown model {name!r}; choose mlp, cnn, lstm or rnn.")
+    if freeze_output:
+        output_layer(model).requires_grad_(False)
+    return model
