@@ -42,21 +42,27 @@ def methods(topology: str, periods: list[int]) -> list[tuple[str, dict]]:
 
 
 def run_one(job: tuple) -> dict:
+    from conf import load_config
+
+    label, topology, overrides, seed, iterations, every = job
+    cfg = load_config({**BASE, **overrides, "run.seed": seed})
+    return simulate(cfg, NODES, iterations, every, label=label, topology=topology, seed=seed,
+                    overrides=overrides)
+
+
+def simulate(cfg, num_nodes: int, iterations: int, every: int, **meta) -> dict:
+    """One engine run of ``cfg`` on ``num_nodes`` nodes, compacted, with ``meta`` and its time."""
     import warnings
 
     import torch
 
     warnings.filterwarnings("ignore", category=UserWarning)  # flwr-datasets' Dirichlet retries
     torch.set_num_threads(1)
-    from conf import load_config
-    from engine import run as simulate
+    from engine import run as engine_run
 
-    label, topology, overrides, seed, iterations, every = job
-    cfg = load_config({**BASE, **overrides, "run.seed": seed})
     start = time.perf_counter()
-    run = simulate(cfg, NODES, iterations, evaluate_every=every)
-    return compact({"label": label, "topology": topology, "seed": seed, "overrides": overrides,
-                    "seconds": time.perf_counter() - start, "records": run.records})
+    run = engine_run(cfg, num_nodes, iterations, evaluate_every=every)
+    return compact({**meta, "seconds": time.perf_counter() - start, "records": run.records})
 
 
 def compact(result: dict) -> dict:
