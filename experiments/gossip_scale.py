@@ -491,6 +491,10 @@ def main(argv=None) -> int:
     command = "python -m experiments.gossip_scale " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
+    # the code the runs use is what is on disk now: record it before they start
+    commit = _git("rev-parse", "--short", "HEAD")
+    uncommitted = [line for line in _git("status", "--porcelain", "--", *CODE).splitlines()
+                   if line.strip().endswith((".py", ".yaml"))]
     todo = jobs(args)
     print(f"{len(todo)} runs", flush=True)
     start = time.perf_counter()
@@ -509,9 +513,7 @@ def main(argv=None) -> int:
     rows = transients(results, args.eps)
     fits = exponents(rows, args.iterations)
     data = {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "uncommitted_code": [line for line in _git("status", "--porcelain", "--", *CODE).splitlines()
-                             if line.strip().endswith(".py") or line.strip().endswith(".yaml")],
+        "commit": commit, "uncommitted_code": uncommitted,
         "command": command, "base": BASE, "task": args.task, "max_train": args.max_train,
         "width": args.width, "nodes": args.nodes, "exp_nodes": args.exp_nodes,
         "extra_nodes": args.extra_nodes,
