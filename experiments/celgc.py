@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 STEP = {"lstm": (20.0, 5.0), "rnn": (2.0, 0.5)}  # (eta, gamma): c = gamma / eta = 0.25
+DIVERGED = 20.0  # a run stops (and counts as diverged) once its train loss is above this or not finite
 
 
 def base(data_path: str, model: str) -> dict:
@@ -66,18 +67,45 @@ def run_one(job) -> dict:
     from conf import load_config
     from engine import run
 
-    model, label, n, interval, overrides, data_path, iterations, test_examples = job
+    model, label, n, interval, overrides, data_path, iterations, test_examples, *rest = job
+    evaluate_iterations = rest[0] if rest else 32  # optional 9th field
     cfg = load_config({**base(data_path, model), **overrides})
     _shrink_test_set(cfg, test_examples)
-    every = max(1, 32 // interval)  # evaluate every 32 iterations
+    every = max(1, evaluate_iterations // interval)
     start = time.perf_counter()
     records = run(cfg, n, rounds=iterations // interval, evaluate_every=every,
-                  on_round=lambda r: not math.isfinite(r["train_loss"]) or r["train_loss"] > 20).records
+                  on_round=lambda r: not math.isfinite(r["train_loss"]) or r["train_loss"] > DIVERGED).records
     for r in records:
         r["iteration"] = r["round"] * interval
+    diverged = records[-1]["round"] < iterations // interval
     return {"model": model, "label": label, "clients": n, "I": interval, "records": records,
-            "diverged": records[-1]["round"] < iterations // interval,
+            "initial_test_loss": initial_test_loss(cfg), "diverged": diverged,
+            "diverged_at": records[-1]["iteration"] if diverged else None,
             "seconds": time.perf_counter() - start}
+
+
+def initial_test_loss(cfg) -> float:
+    """The test loss of the initial model (``run.seed``'s weights), every run's iteration 0."""
+    import tasks
+
+    data = tasks.load_task(cfg)
+    return tasks.evaluate(tasks.make_model(cfg, data), data.test, tasks.make_loss(cfg, data),
+                          data.kind, cfg.eval.batch_size)["loss"]
+
+
+def last_finite(points) -> tuple[float, float] | None:
+    """The last ``(x, y)`` of ``points`` with a finite y: where a diverged curve is marked."""
+    return next(((x, y) for x, y in reversed(list(points)) if math.isfinite(y)), None)
+
+
+def mark_divergence(ax, run: dict, x: float, y: float | None, color=None, cap: float = 8.0) -> None:
+    """An x at ``(x, y)``, the diverged run's last finite loss (``y`` capped at ``cap``; at
+    ``cap`` where it has none), annotated with the iteration at which ``run`` stopped: a
+    diverged run stays visible."""
+    y = cap if y is None or not math.isfinite(y) else min(y, cap)
+    ax.plot([x], [y], "x", color=color, markersize=10, markeredgewidth=2.5, zorder=5)
+    ax.annotate(f"{run['label']}: diverged at iteration {run['diverged_at']}", (x, y),
+                textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
 
 
 def _shrink_test_set(cfg, keep: int) -> None:
@@ -155,18 +183,25 @@ def figures(results: list[dict], pairs: dict, out: Path) -> list[Path]:
         for row, n in enumerate(clients):
             for r in (x for x in runs if x["clients"] == n):
                 evals = [x for x in r["records"] if "test_loss" in x]
-                if not evals:
-                    continue
                 its = [x["iteration"] for x in evals]
                 loss = [min(x["test_loss"], 8.0) for x in evals]
                 comm = [x["round"] for x in evals]
                 style = "--" if r["label"].startswith(("naive", "unclipped")) else "-"
-                axes[row, 0].plot(its, loss, style, label=r["label"])
-                axes[row, 1].plot(comm, loss, style, label=r["label"])
+                line, = axes[row, 0].plot(its, loss, style, label=r["label"])
+                axes[row, 1].plot(comm, loss, style, color=line.get_color())
+                if r.get("diverged"):  # marked, never dropped: an x at its last finite loss
+                    last = r["records"][-1]
+                    r = {**r, "diverged_at": r.get("diverged_at") or last["iteration"]}
+                    k = last_finite(zip(range(len(loss)), loss))
+                    for ax, x in ((axes[row, 0], its), (axes[row, 1], comm)):
+                        stop = last["iteration"] if ax is axes[row, 0] else last["round"]
+                        mark_divergence(ax, r, x[k[0]] if k else stop, k[1] if k else None,
+                                        line.get_color())
             axes[row, 0].set(title=f"{model}, N = {n}: test loss vs iterations per client",
-                             xlabel="local iterations", ylabel="test loss (clipped at 8)")
+                             xlabel="local iterations per client",
+                             ylabel="test loss of the averaged model (capped at 8)")
             axes[row, 1].set(title="test loss vs communication rounds", xscale="log",
-                             xlabel="communication rounds")
+                             xlabel="communication rounds", ylabel="test loss (capped at 8)")
             axes[row, 0].legend(fontsize=8)
         fig.tight_layout()
         path = out / "figures" / f"celgc_{model}.png"
