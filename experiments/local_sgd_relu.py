@@ -22,12 +22,15 @@ training inputs, the numerical rank of each weight matrix (``run.diagnostics``),
 client's gradient drift at every local step (``train.drift_every=1``; free for full
 batches)::
 
-    python -m experiments.local_sgd_relu                 # full sweep, about 5-10 min on 2 cores
+    python -m experiments.local_sgd_relu                 # full sweep, seeds 0, 1, 2
     python -m experiments.local_sgd_relu --quick --out /tmp/lsr   # smoke: a tiny grid
-    python -m experiments.local_sgd_relu --task digits-mse        # digits, squared loss
+    python -m experiments.local_sgd_relu --task digits-mse --taus 1,5,20 --rounds 30
+    python -m experiments.local_sgd_relu --setting theory         # the theorem's setting:
+                                                                  # experiments.local_sgd_theory
 
-Writes ``<out>/results/local_sgd_relu.json`` and ``<out>/figures/local_sgd_relu_*.png`` and
-prints a markdown table.
+Writes ``<out>/results/local_sgd_relu[_<task>].json`` (with the command and the git
+commit) and ``<out>/figures/local_sgd_relu_*.png`` (mean over the seeds, +- one std
+shaded or as error bars) and prints a markdown table (mean +- std over the seeds).
 """
 
 from __future__ import annotations
@@ -43,11 +46,15 @@ import numpy as np
 
 LR_TIMES_WIDTH = 32.0  # eta = 32 / m
 # --task: the task's own overrides and eta * m. digits' inputs have norm ~5 instead of 1,
-# so its tangent kernel is larger: eta = 16/m was stable at m = 64 and 4096 in a probe
-# (15 rounds, tau = 5, K = 4), 16/m is the largest of {0.5 .. 16}/m we tried.
+# so its tangent kernel is larger. eta = 16/m (chosen from a 15-round probe at tau = 5)
+# was NOT stable: over 30 rounds the global loss rose to 55-107x its start in round 1
+# at m >= 1024 with tau = 5, and to 61x (m = 1024) and 1157x (m = 4096) with tau = 1
+# (rounds 5-8) before falling again (commit e5c018d's results/local_sgd_relu_digits_mse.json).
+# eta = 8/m keeps the loss below its start in every round at every width (the sweep
+# records the peak: ``summary()['peak_ratio']``).
 TASKS = {
     "teacher": ({"task.name": "teacher"}, LR_TIMES_WIDTH),
-    "digits-mse": ({"task.name": "digits", "task.loss": "mse"}, 16.0),
+    "digits-mse": ({"task.name": "digits", "task.loss": "mse"}, 8.0),
 }
 
 
@@ -94,6 +101,7 @@ def summary(run: dict) -> dict:
     return {
         "final_loss": losses[-1],
         "loss_ratio": losses[-1] / run["initial_loss"],
+        "peak_ratio": float(np.max(losses)) / run["initial_loss"],  # > 1: the loss rose above its start
         "weight_change": last["weight_change"],
         "weight_change_l0": last["weight_change_l0"],
         "weight_change_l1": last["weight_change_l1"],
@@ -115,56 +123,82 @@ def slope(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
-def table(runs: list[dict], fraction: float) -> str:
-    lines = [f"| K | tau | m | eta | final loss / initial | rounds to {fraction:g} x initial | "
-             "weight change | first layer | output layer | activation flips | drift (max) | "
-             "drift (mean) |", "|" + " --- |" * 12]
+def by_setting(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs by (K, m, tau), each list over the seeds."""
+    out: dict[tuple, list[dict]] = {}
     for run in runs:
-        s = summary(run)
-        hit = rounds_to(run, fraction)
-        lines.append(
-            f"| {run['clients']} | {run['tau']} | {run['width']} | {run['lr']:.4g} | "
-            f"{s['loss_ratio']:.4f} | {hit if hit else '-'} | {s['weight_change']:.2e} | "
-            f"{s['weight_change_l0']:.2e} | {s['weight_change_l1']:.2e} | "
-            f"{s['activation_flips']:.2e} | {s['drift_max']:.3f} | {s['drift_mean']:.3f} |")
+        out.setdefault((run["clients"], run["width"], run["tau"]), []).append(run)
+    return out
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std over seeds (std 0 for one seed)."""
+    values = np.asarray(values, float)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+
+
+def pm(values, fmt: str = ".3g") -> str:
+    mean, std = mean_std(values)
+    return f"{mean:{fmt}} ± {std:{fmt}}" if len(values) > 1 else f"{mean:{fmt}}"
+
+
+def table(runs: list[dict], fraction: float) -> str:
+    """One row per (K, tau, m): mean ± std over the seeds (a plain value for one seed)."""
+    lines = [f"| K | tau | m | eta | seeds | final loss / initial | peak loss / initial | rounds to "
+             f"{fraction:g} x initial | weight change | first layer | output layer | activation "
+             "flips | drift (max) | drift (mean) |", "|" + " --- |" * 14]
+    groups = by_setting(runs)
+    for (k, m, tau) in sorted(groups, key=lambda key: (key[0], key[2], key[1])):
+        group = groups[(k, m, tau)]
+        s = [summary(r) for r in group]
+        hits = [rounds_to(r, fraction) for r in group]
+        reached = [h for h in hits if h is not None]
+        hit = (pm(reached, ".0f") + (f" ({len(reached)}/{len(hits)} seeds)" if len(reached) < len(hits)
+                                      else "")) if reached else "-"
+        cells = [pm([x["loss_ratio"] for x in s], ".4f"), pm([x["peak_ratio"] for x in s], ".3f"), hit]
+        cells += [pm([x[name] for x in s], ".2e") for name in
+                  ("weight_change", "weight_change_l0", "weight_change_l1", "activation_flips")]
+        cells += [pm([x[name] for x in s], ".3f") for name in ("drift_max", "drift_mean")]
+        cells = [str(k), str(tau), str(m), f"{group[0]['lr']:.4g}", str(len(group)), *cells]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def slopes(runs: list[dict]) -> dict:
-    """log-log slope against m of each diagnostic, per (K, tau)."""
+    """log-log slope against m of each diagnostic's seed mean, per (K, tau)."""
+    groups = by_setting(runs)
     out = {}
-    for k in sorted({r["clients"] for r in runs}):
-        for tau in sorted({r["tau"] for r in runs}):
-            group = sorted((r for r in runs if r["clients"] == k and r["tau"] == tau),
-                           key=lambda r: r["width"])
-            if len(group) < 2:
+    for k in sorted({key[0] for key in groups}):
+        for tau in sorted({key[2] for key in groups}):
+            widths = sorted(m for kk, m, t in groups if kk == k and t == tau)
+            if len(widths) < 2:
                 continue
-            widths = [r["width"] for r in group]
-            stats = [summary(r) for r in group]
-            key = f"K={k} tau={tau}"
-            out[key] = {name: slope(widths, [s[name] for s in stats])
-                        for name in ("weight_change", "weight_change_l0", "weight_change_l1",
-                                     "activation_flips")
-                        if all(s[name] > 0 for s in stats)}
-            if all(s["drift_max"] > 0 for s in stats):
-                out[key]["drift_max"] = slope(widths, [s["drift_max"] for s in stats])
+            stats = [{name: np.mean([summary(r)[name] for r in groups[(k, m, tau)]])
+                      for name in ("weight_change", "weight_change_l0", "weight_change_l1",
+                                   "activation_flips", "drift_max")} for m in widths]
+            out[f"K={k} tau={tau}"] = {name: slope(widths, [s[name] for s in stats])
+                                       for name in stats[0] if all(s[name] > 0 for s in stats)}
     return out
 
 
 def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
+    """Five figures; every curve is the mean over the seeds with +- one std shaded (log
+    quantities: mean +- std of log10), every point against m a mean with a std error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = sorted({r["clients"] for r in runs})
-    taus = sorted({r["tau"] for r in runs})
-    widths = sorted({r["width"] for r in runs})
+    groups = by_setting(runs)
+    ks = sorted({k for k, _, _ in groups})
+    taus = sorted({t for _, _, t in groups})
+    widths = sorted({m for _, m, _ in groups})
+    seeds = len({r["seed"] for r in runs})
     color = {m: plt.cm.viridis(i / max(1, len(widths) - 1)) for i, m in enumerate(widths)}
     tcolor = {t: plt.cm.plasma(i / max(1, len(taus))) for i, t in enumerate(taus)}
-    find = {(r["clients"], r["width"], r["tau"]): r for r in runs}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     paths = []
+    note = f" (mean of {seeds} seeds ± std)" if seeds > 1 else ""
 
     def save(fig, name):
         fig.tight_layout()
@@ -173,28 +207,36 @@ def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
         plt.close(fig)
         paths.append(path)
 
-    def curve(run):
-        return [0] + [r["round"] for r in run["records"]], \
-            [run["initial_loss"]] + [r["global_train_loss"] for r in run["records"]]
+    def band(ax, group, color, label):
+        n = min(len(r["records"]) for r in group)
+        logs = np.log10([[r["initial_loss"]] + [x["global_train_loss"] for x in r["records"][:n]]
+                         for r in group])
+        mean = logs.mean(0)
+        std = logs.std(0, ddof=1) if len(group) > 1 else np.zeros_like(mean)
+        rounds = np.arange(n + 1)
+        ax.plot(rounds, 10**mean, color=color, label=label)
+        ax.fill_between(rounds, 10 ** (mean - std), 10 ** (mean + std), color=color, alpha=0.25, lw=0)
 
     def loss_panels(columns, column, lines, line, colors, name):
-        """Training loss vs rounds: one panel per (K, column value), one curve per line value."""
+        """Training loss vs rounds: one panel per (K, column value), one band per line value."""
         fig, axes = plt.subplots(len(ks), len(columns), figsize=(3.6 * len(columns), 3.2 * len(ks)),
                                  squeeze=False, sharey=True)
         for i, k in enumerate(ks):
             for j, c in enumerate(columns):
                 ax = axes[i, j]
                 for v in lines:
-                    key = (k, v, c) if line == "m" else (k, c, v)  # find's key: (K, m, tau)
-                    if key in find:
-                        ax.plot(*curve(find[key]), color=colors[v], label=f"{line} = {v}")
+                    key = (k, v, c) if line == "m" else (k, c, v)  # groups' key: (K, m, tau)
+                    if key in groups:
+                        band(ax, groups[key], colors[v], f"{line} = {v}")
                 ax.set(yscale="log", title=f"K = {k}, {column} = {c}", xlabel="round")
                 if j == 0:
                     ax.set_ylabel("training loss F(W_bar)")
         axes[0, 0].legend(fontsize=8)
+        if note:
+            fig.suptitle("training loss" + note, fontsize=10)
         save(fig, name)
 
-    # 1. one curve per width, one panel per (K, tau); 2. one curve per tau, one panel per (K, m)
+    # 1. one band per width, one panel per (K, tau); 2. one band per tau, one panel per (K, m)
     loss_panels(taus, "tau", widths, "m", color, "local_sgd_relu_loss_width.png")
     loss_panels(widths, "m", taus, "tau", tcolor, "local_sgd_relu_loss_tau.png")
 
@@ -202,32 +244,34 @@ def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
     def against_width(ax, name, taus_shown, label):
         for k, style in zip(ks, ("-o", "--s"), strict=False):
             for tau in taus_shown:
-                group = [find[(k, m, tau)] for m in widths if (k, m, tau) in find]
-                ys = [summary(r)[name] for r in group]
-                ax.plot([r["width"] for r in group], ys, style, color=tcolor[tau],
-                        label=f"K = {k}, tau = {tau}", ms=4)
+                ms = [m for m in widths if (k, m, tau) in groups]
+                stats = [mean_std([summary(r)[name] for r in groups[(k, m, tau)]]) for m in ms]
+                ax.errorbar(ms, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt=style,
+                            color=tcolor[tau], label=f"K = {k}, tau = {tau}", ms=4, capsize=2)
         ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=label)
 
     def reference(ax, name, power, tau):
-        group = [find[(ks[-1], m, tau)] for m in widths if (ks[-1], m, tau) in find]
-        if group:
-            y0 = summary(group[0])[name]
-            ms = np.array([r["width"] for r in group], float)
-            ax.plot(ms, y0 * (ms / ms[0]) ** power, ":k", label=f"~ m^{power:g}")
+        ms = [m for m in widths if (ks[-1], m, tau) in groups]
+        if ms:
+            y0 = np.mean([summary(r)[name] for r in groups[(ks[-1], ms[0], tau)]])
+            x = np.array(ms, float)
+            ax.plot(x, y0 * (x / x[0]) ** power, ":k", label=f"~ m^{power:g}")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, name, title in zip(axes, ("weight_change", "weight_change_l0", "weight_change_l1"),
                                ("all parameters", "first layer W", "output layer v"), strict=True):
         against_width(ax, name, taus, "||W_T - W_0|| / ||W_0||")
         reference(ax, name, -0.5, taus[-1])
-        ax.set_title(f"relative weight change after the last round: {title}")
+        ax.set_title(f"weight change: {title}")
     axes[0].legend(fontsize=7)
+    fig.suptitle("relative weight change after the last round" + note, fontsize=10)
     save(fig, "local_sgd_relu_weight_change.png")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     against_width(ax, "activation_flips", taus, "fraction of ReLU patterns flipped")
     reference(ax, "activation_flips", -0.5, taus[-1])
-    ax.set_title("activation flips (training inputs) after the last round")
+    ax.set_title("activation flips after the last round" + ("\n" + note.strip() if note else ""),
+                 fontsize=10)
     ax.legend(fontsize=7)
     save(fig, "local_sgd_relu_flips.png")
 
@@ -238,48 +282,84 @@ def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
     axes[0].legend(fontsize=7)
     for k, style in zip(ks, ("-o", "--s"), strict=False):
         for m in widths:
-            group = [find[(k, m, t)] for t in moving if (k, m, t) in find]
-            axes[1].plot([r["tau"] for r in group], [summary(r)["drift_mean"] for r in group], style,
-                         color=color[m], label=f"K = {k}, m = {m}", ms=4)
+            ts = [t for t in moving if (k, m, t) in groups]
+            stats = [mean_std([summary(r)["drift_mean"] for r in groups[(k, m, t)]]) for t in ts]
+            axes[1].errorbar(ts, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt=style,
+                             color=color[m], label=f"K = {k}, m = {m}", ms=4, capsize=2)
     axes[1].set(xscale="log", xlabel="local steps tau", ylabel="drift (weighted mean, mean over rounds)",
                 title="gradient drift against tau")
     axes[1].legend(fontsize=7)
+    if note:
+        fig.suptitle("gradient drift" + note, fontsize=10)
     save(fig, "local_sgd_relu_drift.png")
     return paths
 
 
+def git_commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def main(argv=None) -> int:
+    import sys
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", default="standard", choices=("standard", "theory"),
+                        help="theory: experiments.local_sgd_theory (ntk model, 50 points, eta = 4)")
     parser.add_argument("--clients", default="4,8")
     parser.add_argument("--widths", default="64,256,1024,4096")
-    parser.add_argument("--taus", default="1,5,20,50")
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--taus", default=None, help="standard: 1,5,20,50; theory: 1,5,20")
+    parser.add_argument("--rounds", type=int, default=50, help="standard setting")
+    parser.add_argument("--steps", type=int, default=600,
+                        help="theory: local steps per run (rounds = steps / tau)")
+    parser.add_argument("--compare-step", type=int, default=0,
+                        help="theory: compare with GD after this many steps (0: steps / 3)")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--target", type=float, default=0.1, help="rounds to reach this fraction of F_0")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke: K=4, m in {64, 1024}, tau in {1, 5}, 5 rounds")
+                        help="smoke: K=4, m in {64, 1024}, tau in {1, 5}, few rounds, 2 seeds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--task", default="teacher", choices=sorted(TASKS))
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="standard setting: redraw the figures from <out>/results/*.json")
     args = parser.parse_args(argv)
-    suffix = "" if args.task == "teacher" else "_" + args.task.replace("-", "_")
+    args.command = " ".join(["python -m experiments.local_sgd_relu",
+                             *(sys.argv[1:] if argv is None else argv)])
+    if args.taus is None:
+        args.taus = "1,5,20" if args.setting == "theory" else "1,5,20,50"
     if args.quick:
-        args.clients, args.widths, args.taus, args.rounds = "4", "64,1024", "1,5", 5
-    grid = [(k, m, tau, args.rounds, args.seed, args.task)
+        args.clients, args.widths, args.taus, args.seeds = "4", "64,1024", "1,5", "0,1"
+        args.rounds, args.steps = 5, 60
+    if args.setting == "theory":
+        from experiments import local_sgd_theory
+
+        return local_sgd_theory.main(args)
+    suffix = "" if args.task == "teacher" else "_" + args.task.replace("-", "_")
+    out = Path(args.out)
+    if args.plot_only:
+        with open(out / "results" / f"local_sgd_relu{suffix}.json") as handle:
+            for path in figures(json.load(handle)["runs"], out, suffix):
+                print(f"figure: {path}")
+        return 0
+    grid = [(k, m, tau, args.rounds, seed, args.task)
             for k in map(int, args.clients.split(",")) for m in map(int, args.widths.split(","))
-            for tau in map(int, args.taus.split(","))]
+            for tau in map(int, args.taus.split(",")) for seed in map(int, args.seeds.split(","))]
     grid.sort(key=lambda job: -job[0] * job[1] * job[2])  # longest first: better packing
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run_one, grid))
-    runs.sort(key=lambda r: (r["clients"], r["tau"], r["width"]))
-    out = Path(args.out)
+    runs.sort(key=lambda r: (r["clients"], r["tau"], r["width"], r["seed"]))
     (out / "results").mkdir(parents=True, exist_ok=True)
     fitted = slopes(runs)
     with open(out / "results" / f"local_sgd_relu{suffix}.json", "w") as handle:
-        json.dump({"task": args.task, "lr_times_width": TASKS[args.task][1],
-                   "rounds": args.rounds, "slopes": fitted,
-                   "summaries": [{k: r[k] for k in ("clients", "width", "tau", "lr")} | summary(r)
+        json.dump({"command": args.command, "commit": git_commit(), "task": args.task,
+                   "lr_times_width": TASKS[args.task][1], "rounds": args.rounds,
+                   "seeds": sorted({r["seed"] for r in runs}), "slopes": fitted,
+                   "seconds": time.perf_counter() - start,
+                   "summaries": [{k: r[k] for k in ("clients", "width", "tau", "lr", "seed")} | summary(r)
                                  for r in runs],
                    "runs": runs}, handle)
     print(table(runs, args.target))

@@ -57,6 +57,20 @@ class MLP(nn.Module):
         out = self.net(x)
         return out if self.output_scale == 1.0 else out * self.output_scale
 
+    def forward_masked(self, x, masks):
+        """The network with its ReLU gates fixed: the i-th hidden layer's pre-activations
+        are multiplied by ``masks[i]`` (0/1, shape (batch, width)) instead of passed through
+        ReLU. Equal to ``forward`` when ``masks`` is this model's own pattern on ``x``."""
+        if len(masks) != sum(isinstance(m, nn.ReLU) for m in self.net):
+            raise ValueError(f"Need one mask per hidden layer, got {len(masks)}.")
+        h, i = x, 0
+        for module in self.net:
+            if isinstance(module, nn.ReLU):
+                h, i = h * masks[i].to(h.dtype), i + 1
+            else:
+                h = module(h)
+        return h if self.output_scale == 1.0 else h * self.output_scale
+
     def hidden(self, x):
         """Pre-activations of every hidden layer (for activation-pattern diagnostics)."""
         out, h = [], x.flatten(1)
