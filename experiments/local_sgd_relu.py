@@ -348,6 +348,7 @@ def main(argv=None) -> int:
             for k in map(int, args.clients.split(",")) for m in map(int, args.widths.split(","))
             for tau in map(int, args.taus.split(",")) for seed in map(int, args.seeds.split(","))]
     grid.sort(key=lambda job: -job[0] * job[1] * job[2])  # longest first: better packing
+    commit = git_commit()  # before the runs: others commit meanwhile
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run_one, grid))
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
     (out / "results").mkdir(parents=True, exist_ok=True)
     fitted = slopes(runs)
     with open(out / "results" / f"local_sgd_relu{suffix}.json", "w") as handle:
-        json.dump({"command": args.command, "commit": git_commit(), "task": args.task,
+        json.dump({"command": args.command, "commit": commit, "task": args.task,
                    "lr_times_width": TASKS[args.task][1], "rounds": args.rounds,
                    "seeds": sorted({r["seed"] for r in runs}), "slopes": fitted,
                    "seconds": time.perf_counter() - start,

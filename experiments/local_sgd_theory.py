@@ -474,6 +474,8 @@ def main(args) -> int:
     grid = [(k, m, tau, steps // tau, seed) for k in ks for m in widths for tau in taus for seed in seeds]
     grid += [(1, m, 1, steps, seed) for m in widths for seed in seeds]  # centralised GD
     grid.sort(key=lambda job: -job[0] * job[1] * job[3] * (1 + job[2] / 4))  # longest first
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # before the runs: others commit meanwhile
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run_theory, grid))
@@ -483,8 +485,6 @@ def main(args) -> int:
     lcm = math.lcm(*taus)
     compare = args.compare_step or max(lcm, steps // 3 // lcm * lcm)
     text = tables(runs, compare)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     for run in runs:  # 6 significant digits are plenty for a figure or a fit
         run["loss"] = [float(f"{v:.6g}") for v in run["loss"]]
     with open(out / "results" / "local_sgd_relu_theory.json", "w") as handle:
