@@ -102,6 +102,8 @@ def summary(run: dict) -> dict:
         "final_loss": losses[-1],
         "loss_ratio": losses[-1] / run["initial_loss"],
         "peak_ratio": float(np.max(losses)) / run["initial_loss"],  # > 1: the loss rose above its start
+        # the clients' mean loss over their local steps: a blow-up inside a round shows here
+        "peak_local_ratio": float(np.max([r["train_loss"] for r in recs])) / run["initial_loss"],
         "weight_change": last["weight_change"],
         "weight_change_l0": last["weight_change_l0"],
         "weight_change_l1": last["weight_change_l1"],
@@ -144,9 +146,9 @@ def pm(values, fmt: str = ".3g") -> str:
 
 def table(runs: list[dict], fraction: float) -> str:
     """One row per (K, tau, m): mean ± std over the seeds (a plain value for one seed)."""
-    lines = [f"| K | tau | m | eta | seeds | final loss / initial | peak loss / initial | rounds to "
-             f"{fraction:g} x initial | weight change | first layer | output layer | activation "
-             "flips | drift (max) | drift (mean) |", "|" + " --- |" * 14]
+    lines = [f"| K | tau | m | eta | seeds | final loss / initial | peak loss / initial | peak local "
+             f"loss / initial | rounds to {fraction:g} x initial | weight change | first layer | "
+             "output layer | activation flips | drift (max) | drift (mean) |", "|" + " --- |" * 15]
     groups = by_setting(runs)
     for (k, m, tau) in sorted(groups, key=lambda key: (key[0], key[2], key[1])):
         group = groups[(k, m, tau)]
@@ -155,7 +157,8 @@ def table(runs: list[dict], fraction: float) -> str:
         reached = [h for h in hits if h is not None]
         hit = (pm(reached, ".0f") + (f" ({len(reached)}/{len(hits)} seeds)" if len(reached) < len(hits)
                                       else "")) if reached else "-"
-        cells = [pm([x["loss_ratio"] for x in s], ".4f"), pm([x["peak_ratio"] for x in s], ".3f"), hit]
+        cells = [pm([x[name] for x in s], f) for name, f in
+                 (("loss_ratio", ".4f"), ("peak_ratio", ".3f"), ("peak_local_ratio", ".3f"))] + [hit]
         cells += [pm([x[name] for x in s], ".2e") for name in
                   ("weight_change", "weight_change_l0", "weight_change_l1", "activation_flips")]
         cells += [pm([x[name] for x in s], ".3f") for name in ("drift_max", "drift_mean")]
