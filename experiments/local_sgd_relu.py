@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default="teacher", choices=sorted(TASKS))
     parser.add_argument("--out", default="docs")
     parser.add_argument("--plot-only", action="store_true",
-                        help="standard setting: redraw the figures from <out>/results/*.json")
+                        help="redraw the figures from <out>/results/*.json")
     args = parser.parse_args(argv)
     args.command = " ".join(["python -m experiments.local_sgd_relu",
                              *(sys.argv[1:] if argv is None else argv)])

@@ -334,14 +334,15 @@ def figures(runs: list[dict], out, compare_step: int) -> list:
         plt.close(fig)
         paths.append(path)
 
-    def band(ax, rs, x_scale, color, label, style="-"):
+    def band(ax, rs, x_scale, color, label, style="-", shade=True):
         """Mean of log10 F/F_0 over seeds, shaded +- one std (a band on the log axis)."""
         n = min(len(r["loss"]) for r in rs)
         logs = np.log10([np.asarray(r["loss"][:n]) / r["loss"][0] for r in rs])
         mean, std = logs.mean(0), logs.std(0, ddof=1) if len(rs) > 1 else np.zeros(n)
         x = np.arange(n) * x_scale
-        ax.plot(x, 10**mean, style, color=color, label=label, lw=1.3)
-        ax.fill_between(x, 10 ** (mean - std), 10 ** (mean + std), color=color, alpha=0.25, lw=0)
+        ax.plot(x, 10**mean, style, color=color, label=label, lw=1.3, zorder=3 if shade else 5)
+        if shade:
+            ax.fill_between(x, 10 ** (mean - std), 10 ** (mean + std), color=color, alpha=0.2, lw=0)
 
     # 1. log F against rounds, one panel per (K, tau), one band per width, the fitted line
     fig, axes = plt.subplots(len(ks), len(taus), figsize=(4 * len(taus), 3.3 * len(ks)),
@@ -376,10 +377,10 @@ def figures(runs: list[dict], out, compare_step: int) -> list:
         for i, m in enumerate(dict.fromkeys(shown)):
             for j, k in enumerate(ks):
                 ax = axes[i, j]
-                band(ax, groups[(1, m, 1)], 1, "black", "centralised GD", "--")
                 for tau in taus:
                     if (k, m, tau) in groups:
                         band(ax, groups[(k, m, tau)], tau, tcolor[tau], f"Local GD, tau = {tau}")
+                band(ax, groups[(1, m, 1)], 1, "black", "centralised GD (seed mean)", "--", shade=False)
                 ax.axvline(compare_step, color="grey", lw=0.6, ls=":")
                 ax.set(yscale="log", xlabel="gradient steps (tau x rounds)",
                        title=f"K = {k}, m = {m}: equal gradient steps")
@@ -464,6 +465,12 @@ def main(args) -> int:
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
+    if args.plot_only:  # redraw from the results file
+        with open(Path(args.out) / "results" / "local_sgd_relu_theory.json") as handle:
+            saved = json.load(handle)
+        for path in figures(saved["runs"], Path(args.out), saved["compare_step"]):
+            print(f"figure: {path}")
+        return 0
     steps = args.steps
     widths = [int(m) for m in args.widths.split(",")]
     taus = [int(t) for t in args.taus.split(",")]
