@@ -82,9 +82,10 @@ def lr_scale(schedule: str, r: int, rounds: int, *, decay: float = 0.5, step_rou
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def round_settings(cfg, r: int) -> RoundSettings:
+def round_settings(cfg, r: int, algorithm=None) -> RoundSettings:
     """The settings of round ``r`` under ``cfg``: the config's training keys, the learning
-    rate schedule, then the algorithm's own ``adjust``."""
+    rate schedule, then the algorithm's own ``adjust`` (``algorithm``'s, an instance or a
+    class, where given; else the one registered as ``strategy.name``)."""
     import algorithms
 
     t = cfg.train
@@ -98,4 +99,4 @@ def round_settings(cfg, r: int) -> RoundSettings:
         persist_momentum=t.persist_optimizer_state, smoothness_every=t.smoothness_every,
         drift_every=t.drift_every,
     )
-    return algorithms.get(cfg.strategy.name).adjust(base, cfg)
+    return (algorithm or algorithms.get(cfg.strategy.name)).adjust(base, cfg)

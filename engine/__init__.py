@@ -86,14 +86,19 @@ def _floats(metrics: dict) -> dict:
 
 
 def run(cfg, num_clients: int, rounds: int | None = None, evaluate_every: int = 0,
-        on_round=None) -> Run:
+        on_round=None, algorithm=None, aggregator=None) -> Run:
     """``rounds`` (default ``run.rounds``) rounds of ``strategy.name`` on ``num_clients``
     clients. ``on_round(record)`` is called after each round; returning True stops the run
-    (e.g. a diverged one)."""
-    algorithm = algorithms.get(cfg.strategy.name)(cfg, num_nodes=num_clients)
+    (e.g. a diverged one). ``algorithm`` (``(cfg, num_nodes) -> Algorithm``, e.g. a class)
+    and ``aggregator`` replace the registered algorithm and ``strategy.aggregator``: an
+    experiment's variant of an algorithm (``experiments.claims``' mutants) runs through
+    the same driver."""
+    make = algorithm or algorithms.get(cfg.strategy.name)
+    algorithm = make(cfg, num_nodes=num_clients)
     rounds = cfg.run.rounds if rounds is None else rounds
+    aggregator = aggregator or build_aggregator(cfg)
     loop = _decentralized if algorithm.decentralized else _centralized
-    return loop(cfg, algorithm, num_clients, rounds, evaluate_every, on_round)
+    return loop(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round)
 
 
 def _evaluate(cfg, model, data, loss_fn) -> dict[str, float]:
@@ -101,7 +106,7 @@ def _evaluate(cfg, model, data, loss_fn) -> dict[str, float]:
     return {M.TEST_PREFIX + k: v for k, v in test.items()}
 
 
-def _centralized(cfg, algorithm, num_clients, rounds, evaluate_every, on_round) -> Run:
+def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round) -> Run:
     a = cfg.attack
     data, loss_fn, splits, model = tasks.federation(cfg, num_clients)
     model = model.to(tasks.pick_device(cfg.train.device))
@@ -110,13 +115,12 @@ def _centralized(cfg, algorithm, num_clients, rounds, evaluate_every, on_round) 
     specs = [ArraySpec(n, tuple(p.shape), np.dtype(np.float32)) for n, p in zip(names, params, strict=True)]
     attackers = num_attackers(a.fraction, num_clients) if a.kind != "none" else 0
     weights = client_weights(cfg, splits, attackers)
-    aggregator = build_aggregator(cfg)
     momentum: list[list[torch.Tensor] | None] = [None] * num_clients
     tracker = Tracker(model, data.train.x[: cfg.run.probe_examples]) if cfg.run.diagnostics else None
     out = Run()
     for r, clients in enumerate(sampled_clients(cfg, num_clients, rounds), start=1):
         started = time.perf_counter()
-        settings = round_settings(cfg, r)
+        settings = round_settings(cfg, r, algorithm)
         start = [p.detach().clone() for p in params]
         origin = None if settings.gradient else dict(zip(names, start, strict=True))
         rows, replies = [], []
@@ -164,19 +168,18 @@ def _centralized(cfg, algorithm, num_clients, rounds, evaluate_every, on_round) 
     return out
 
 
-def _decentralized(cfg, algorithm, num_nodes, rounds, evaluate_every, on_round) -> Run:
+def _decentralized(cfg, algorithm, aggregator, num_nodes, rounds, evaluate_every, on_round) -> Run:
     a = cfg.attack
     data, loss_fn, splits, model = tasks.federation(cfg, num_nodes)
     model = model.to(tasks.pick_device(cfg.train.device))
     X = np.tile(vector(model), (num_nodes, 1))
-    aggregator = build_aggregator(cfg)
     attackers = num_attackers(a.fraction, num_nodes) if a.kind != "none" else 0
     momentum: list[list[torch.Tensor] | None] = [None] * num_nodes
     active = list(range(num_nodes))
     out = Run()
     for k in range(rounds):
         started = time.perf_counter()
-        settings = round_settings(cfg, k + 1)
+        settings = round_settings(cfg, k + 1, algorithm)
         Y = np.empty_like(X)
         losses = []
         for i in active:

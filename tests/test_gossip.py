@@ -140,11 +140,12 @@ def test_fully_connected_gossip_is_fedavg_with_one_local_step():
         np.testing.assert_allclose(row, x, rtol=0, atol=1e-6)
 
 
-def test_pga_on_a_ring_beats_gossip_on_consensus():
+def test_every_global_average_leaves_the_nodes_in_consensus():
+    """Only the invariant; that PGA beats Gossip SGD and Local SGD is a claim check
+    (experiments.claims, tests/test_claims.py), which also rejects both mutants."""
     pga = simulate(load_config({**SMALL, "strategy.period": 4}), 8, 16).records
-    plain = simulate(load_config({**SMALL, "strategy.averaging": "never"}), 8, 16).records
     assert [r["consensus_distance"] for r in pga[3::4]] == [0.0] * 4
-    assert sum(r["consensus_distance"] for r in pga) < sum(r["consensus_distance"] for r in plain)
+    assert all(r["consensus_distance"] > 0 for i, r in enumerate(pga) if (i + 1) % 4)
 
 
 # ------------------------------------------------------------------ hosted hooks
