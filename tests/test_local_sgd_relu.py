@@ -1,5 +1,7 @@
 """A reduced reproduction of Deng, Kamani, Mahdavi (AISTATS 2022) with fixed seeds: the
-qualitative claims the full sweep (experiments/local_sgd_relu.py) checks, in seconds.
+lazy-training diagnostics the full sweep (experiments/local_sgd_relu.py) reports, in
+seconds. That Local GD drives the averaged model's loss to zero, and that it fails to with
+the averaging removed or stale, is a claim check (experiments.claims, tests/test_claims.py).
 
 Setting: teacher task, K = 4 non-IID (Dirichlet over target deciles) clients, two-layer
 ReLU student, full-batch local GD with tau = 5 steps, eta = 32/m, 10 rounds, m in {64, 1024}.
@@ -17,13 +19,6 @@ ROUNDS = 10
 @pytest.fixture(scope="module")
 def runs():
     return {m: exp.run_one((4, m, 5, ROUNDS, 0)) for m in (64, 1024)}
-
-
-def test_wide_network_halves_the_training_loss_within_ten_rounds(runs):
-    run = runs[1024]
-    losses = [r["global_train_loss"] for r in run["records"]]
-    assert losses[-1] < 0.5 * run["initial_loss"]
-    assert all(b < a for a, b in zip(losses, losses[1:]))  # falls every round
 
 
 def test_the_wider_network_moves_less_relative_to_its_init(runs):
