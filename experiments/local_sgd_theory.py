@@ -65,11 +65,12 @@ def theory_overrides(width: int, tau: int, seed: int = 0, train_points: int = TR
             "train.drift_every": 1}
 
 
-def fit_rate(losses, floor: float = FLOOR) -> dict:
+def fit_rate(losses, floor: float = FLOOR, skip: float = 0.0) -> dict:
     """Least-squares line through log F_r against r = 0, 1, ... over the rounds before
-    F_r first falls below ``floor * F_0`` (or stops being finite and positive):
-    ``rate`` = minus its slope (F_r ~ F_0 exp(-rate r)), ``r2`` = R^2 of the line on
-    log F, ``rounds`` = how many rounds it spans, ``intercept`` = log F at r = 0."""
+    F_r first falls below ``floor * F_0`` (or stops being finite and positive), leaving
+    out the first ``skip`` fraction of them (a fast transient): ``rate`` = minus its slope
+    (F_r ~ exp(intercept - rate r)), ``r2`` = R^2 of the line on log F, ``rounds`` = the
+    last round it spans, ``intercept`` = the line's log F at r = 0."""
     losses = np.asarray(losses, float)
     if losses.ndim != 1 or len(losses) < 3:
         raise ValueError("fit_rate needs at least 3 losses (rounds 0, 1, 2).")
@@ -78,7 +79,8 @@ def fit_rate(losses, floor: float = FLOOR) -> dict:
     end = max(end, 3) if ok[:3].all() else end
     if end < 3:
         return {"rate": float("nan"), "r2": float("nan"), "rounds": end, "intercept": float("nan")}
-    r, y = np.arange(end, dtype=float), np.log(losses[:end])
+    first = min(int(skip * end), end - 3)
+    r, y = np.arange(first, end, dtype=float), np.log(losses[first:end])
     slope, intercept = np.polyfit(r, y, 1)
     residual = y - (slope * r + intercept)
     spread = float(((y - y.mean()) ** 2).sum())
@@ -206,10 +208,12 @@ def theory_summary(run: dict) -> dict:
     round and per gradient step with its R^2, and the diagnostics averaged over the
     measured rounds (the drift decomposition) or at the last one (weight change, flips)."""
     loss = run["loss"]
-    fit = fit_rate(loss)
+    fit, late, settled = fit_rate(loss), fit_rate(loss, skip=0.5), fit_rate(loss, skip=0.1)
     out = {"loss_ratio": loss[-1] / loss[0], "peak_ratio": max(loss) / loss[0],
            "rate_round": fit["rate"], "rate_step": fit["rate"] / run["tau"], "r2": fit["r2"],
            "fit_rounds": fit["rounds"],
+           "rate_step_late": late["rate"] / run["tau"],  # the second half of the fitted rounds
+           "r2_settled": settled["r2"],  # R^2 without the first 10 % of the fitted rounds
            "eta_lambda_max_local": run["lr"] * run["kernel"]["lambda_max_local"],
            "predicted_rate_step": -2 * math.log(1 - run["lr"] * run["kernel"]["lambda_min"])}
     diags = run["diagnostics"]
@@ -258,14 +262,15 @@ def tables(runs: list[dict], compare_step: int) -> str:
     gd = {m: rs for (k, m, _), rs in groups.items() if k == 1}
     local = sorted((key for key in groups if key[0] > 1), key=lambda k: (k[0], k[2], k[1]))
     lines = ["| K | tau | m | F_R / F_0 | peak F / F_0 | rate per round | rate per step | R^2 | "
-             "rounds fitted | eta lambda_max (local) |", "|" + " --- |" * 10]
+             "rounds fitted | late rate per step | R^2 after 10 % | 2 eta lambda_0 / n | "
+             "eta lambda_max (local) |", "|" + " --- |" * 13]
+    columns = (("loss_ratio", ".3g"), ("peak_ratio", ".3g"), ("rate_round", ".3g"),
+               ("rate_step", ".3g"), ("r2", ".4f"), ("fit_rounds", ".0f"), ("rate_step_late", ".3g"),
+               ("r2_settled", ".4f"), ("predicted_rate_step", ".3g"), ("eta_lambda_max_local", ".2f"))
     for key in sorted(groups, key=lambda k: (k[0], k[2], k[1])):
         s = [theory_summary(r) for r in groups[key]]
         lines.append(f"| {key[0] if key[0] > 1 else '1 (GD)'} | {key[2]} | {key[1]} | "
-                     f"{pm([x['loss_ratio'] for x in s])} | {pm([x['peak_ratio'] for x in s])} | "
-                     f"{pm([x['rate_round'] for x in s])} | {pm([x['rate_step'] for x in s])} | "
-                     f"{pm([x['r2'] for x in s], '.4f')} | {pm([x['fit_rounds'] for x in s], '.0f')} | "
-                     f"{pm([x['eta_lambda_max_local'] for x in s], '.2f')} |")
+                     + " | ".join(pm([x[name] for x in s], f) for name, f in columns) + " |")
     lines += ["", f"Equal gradient steps: F after {compare_step} steps (Local GD: round "
               f"{compare_step}/tau), over F_0; GD = K = 1 with the same eta.", "",
               "| K | tau | m | Local GD | centralised GD | Local / GD |", "|" + " --- |" * 6]
@@ -405,20 +410,20 @@ def figures(runs: list[dict], out, compare_step: int) -> list:
                         capsize=2, color="black", ls=":", label="centralised GD")
         ax.set_xscale("log")
 
-    # 3. fitted rate per gradient step and R^2 against m
+    # 3. fitted rate per gradient step (late: the second half of the fitted rounds) and R^2
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    errorbars(axes[0], "rate_step", taus, with_gd=True)
+    errorbars(axes[0], "rate_step_late", taus, with_gd=True)
     ms = np.array(widths, float)
     predicted = [np.mean([theory_summary(r)["predicted_rate_step"] for r in groups[(1, m, 1)]])
                  for m in widths if (1, m, 1) in groups]
     if len(predicted) == len(widths):
         axes[0].plot(ms, predicted, ":", color="grey", label="2 eta lambda_min(H_0)/n (kernel at init)")
-    axes[0].set(xlabel="width m", ylabel="fitted rate per gradient step",
-                title="linear rate: -slope of log F per step")
+    axes[0].set(xlabel="width m", ylabel="fitted rate per gradient step (late half)",
+                title="linear rate: -slope of ln F per step, second half of the fit")
     axes[0].legend(fontsize=7)
-    errorbars(axes[1], "r2", taus, with_gd=True)
-    axes[1].set(xlabel="width m", ylabel="R² of the line through log F vs round",
-                title="how linear log F is (until F < 1e-6 F_0)")
+    errorbars(axes[1], "r2_settled", taus, with_gd=True)
+    axes[1].set(xlabel="width m", ylabel="R² of the line through ln F vs round",
+                title="how linear ln F is (after the first 10 %, until F < 1e-6 F_0)")
     save(fig, "local_sgd_theory_rate.png")
 
     # 4. drift decomposition against m
@@ -468,6 +473,8 @@ def main(args) -> int:
     if args.plot_only:  # redraw from the results file
         with open(Path(args.out) / "results" / "local_sgd_relu_theory.json") as handle:
             saved = json.load(handle)
+        print(tables(saved["runs"], saved["compare_step"]))
+        print("\nlog-log slopes against m:", json.dumps(slopes_against_width(saved["runs"]), indent=1))
         for path in figures(saved["runs"], Path(args.out), saved["compare_step"]):
             print(f"figure: {path}")
         return 0

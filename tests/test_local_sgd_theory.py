@@ -33,6 +33,8 @@ def test_fit_rate_stops_at_the_floor_and_sees_a_bend():
     assert fit["rounds"] == 13 and fit["rate"] == pytest.approx(1.0)
     bent = np.exp(-1.0 * r) + 0.1 * np.exp(-0.05 * r)  # a fast mode, then a slow one
     assert theory.fit_rate(bent)["r2"] < 0.9
+    late = theory.fit_rate(bent, skip=0.5)  # rounds 14-29: the slow mode alone
+    assert late["rate"] == pytest.approx(0.05, rel=1e-3) and late["r2"] > 0.9999
     with pytest.raises(ValueError, match="at least 3"):
         theory.fit_rate([1.0, 0.5])
 
@@ -145,11 +147,17 @@ def test_the_loop_equals_the_engine(runs):
     np.testing.assert_allclose([r["global_train_loss"] for r in records], ours, rtol=1e-5)
 
 
-def test_tables_and_figures(runs, tmp_path):
+def test_tables(runs):
     both = list(runs.values())
     text = theory.tables(both, 10)
     assert "| 4 | 5 | 1024 |" in text and "| 1 (GD) | 1 | 64 |" in text
     assert "| 4 | 1 | 64 |" in text.split("Equal gradient steps")[1]
     assert theory.loss_at_step(runs[(4, 64, 5, 24, 0)], 10) == runs[(4, 64, 5, 24, 0)]["loss"][2]
-    paths = theory.figures(both, tmp_path, 10)
+    with pytest.raises(ValueError, match="multiple of tau"):
+        theory.loss_at_step(runs[(4, 64, 5, 24, 0)], 7)
+
+
+@pytest.mark.slow  # matplotlib: ~5 s
+def test_figures(runs, tmp_path):
+    paths = theory.figures(list(runs.values()), tmp_path, 10)
     assert len(paths) == 5 and all(p.stat().st_size > 0 for p in paths)
