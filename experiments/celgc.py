@@ -98,14 +98,16 @@ def last_finite(points) -> tuple[float, float] | None:
     return next(((x, y) for x, y in reversed(list(points)) if math.isfinite(y)), None)
 
 
-def mark_divergence(ax, run: dict, x: float, y: float | None, color=None, cap: float = 8.0) -> None:
+def mark_divergence(ax, run: dict, x: float, y: float | None, color=None, cap: float = 8.0,
+                    text: str | None = None, label: str | None = None) -> None:
     """An x at ``(x, y)``, the diverged run's last finite loss (``y`` capped at ``cap``; at
-    ``cap`` where it has none), annotated with the iteration at which ``run`` stopped: a
-    diverged run stays visible."""
+    ``cap`` where it has none), annotated with ``text`` (default: the iteration at which
+    ``run`` stopped; "" for none): a diverged run stays visible."""
     y = cap if y is None or not math.isfinite(y) else min(y, cap)
-    ax.plot([x], [y], "x", color=color, markersize=10, markeredgewidth=2.5, zorder=5)
-    ax.annotate(f"{run['label']}: diverged at iteration {run['diverged_at']}", (x, y),
-                textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
+    ax.plot([x], [y], "x", color=color, markersize=10, markeredgewidth=2.5, zorder=5, label=label)
+    text = f"{run['label']}: diverged at iteration {run['diverged_at']}" if text is None else text
+    if text:
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
 
 
 def _shrink_test_set(cfg, keep: int) -> None:

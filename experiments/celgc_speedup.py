@@ -24,7 +24,9 @@ O(1 / eps^3) communication rounds. This sweep measures it on the character LSTM:
     python -m experiments.celgc_speedup --data ... --quick        # N in {1, 2, 4}, ~2 minutes
 
 Writes ``<out>/results/celgc_speedup.json`` (with the git commit and the command) and
-``<out>/figures/celgc_speedup*.png``; prints the tables.
+``<out>/figures/celgc_speedup*.png`` (``--name``: another name); prints the tables.
+``--step-scaling sqrt`` multiplies eta and gamma by sqrt(N) (the diagnostic of whether a
+fixed step length is what limits the speedup); ``--replot`` redraws from the JSON.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def setting(args) -> dict:
             "data.seq_len": args.seq_len, "data.max_train": args.max_train}
 
 
+def step_scale(n: int, scaling: str) -> float:
+    """The factor on eta and gamma at N clients (c = gamma / eta stays fixed): 1 (``none``,
+    the main sweep), sqrt(N) or N."""
+    factors = {"none": 1.0, "sqrt": math.sqrt(n), "linear": float(n)}
+    if scaling not in factors:
+        raise ValueError(f"step scaling must be one of {sorted(factors)}, got {scaling!r}.")
+    return factors[scaling]
+
+
 def budget(n: int, iterations: int, multiple: int = 16) -> int:
     """T_N = T_1 / sqrt(N) local iterations per client, rounded up to ``multiple``."""
     return multiple * math.ceil(iterations / math.sqrt(n) / multiple)
@@ -71,7 +82,9 @@ def jobs(args, clients: list[int], periods: list[int], seeds: list[int]) -> list
     for seed in seeds:
         for model, label, n, interval, overrides in plan(args.model, clients, periods):
             total = budget(n, args.iterations)
-            overrides = {**setting(args), **overrides, "run.seed": seed}
+            scale = step_scale(n, args.step_scaling)
+            overrides = {**setting(args), "train.lr": args.lr * scale,
+                         "strategy.clip_gamma": args.gamma * scale, **overrides, "run.seed": seed}
             out.append((model, label, n, interval, overrides, args.data, total,
                         args.test_examples, evaluation_interval(total, interval)))
     return out
@@ -226,22 +239,43 @@ def _band(ax, runs: list[dict], x: str, label: str, color=None, scale: float = 1
         line, = ax.plot(xs, mean, color=color, label=f"{label} ({len(fine)} seeds)")
         ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.25)
         color = line.get_color()
-    for r in (r for r in runs if r["diverged"]):
+    bad = [r for r in runs if r["diverged"]]
+    for k, r in enumerate(bad):
         xs, ys = curve(r, x)
         line, = ax.plot(xs * scale, np.minimum(ys, 8.0), ":", color=color)
         color = line.get_color()
         point = last_finite(zip(xs * scale, ys)) or (r["records"][-1][x] * scale, None)
-        mark_divergence(ax, {**r, "label": f"{label} seed {r['seed']}"}, *point, color)
+        group = f"{label}: {len(bad)}/{len(runs)} seeds diverged"
+        mark_divergence(ax, r, *point, color, text=divergence_text(label, bad, len(runs)) if k == 0 else "",
+                        label=group if k == 0 else None)
     return color
 
 
-def figures(runs: list[dict], summary: dict, out: Path, target: float) -> list[Path]:
+def divergence_text(label: str, bad: list[dict], seeds: int) -> str:
+    """"unclipped I=4: 3/3 seeds diverged / at iteration 4, 4, 8 / (train loss 29, NaN, 31)"
+    on three lines."""
+    its = ", ".join(str(r["diverged_at"]) for r in bad)
+    losses = ", ".join("NaN" if not math.isfinite(r["records"][-1]["train_loss"])
+                       else f"{r['records'][-1]['train_loss']:.0f}" for r in bad)
+    return f"{label}: {len(bad)}/{seeds} seeds diverged\nat iteration {its}\n(train loss {losses})"
+
+
+def _top(runs: list[dict], cap: float = 8.0) -> float:
+    """The y-axis top: the highest finite loss plotted (capped), plus a margin."""
+    return min(cap, max(float(np.nanmax(np.where(np.isfinite(curve(r)[1]), curve(r)[1], np.nan)))
+                        for r in runs)) + 0.3
+
+
+def figures(runs: list[dict], summary: dict, out: Path, target: float,
+            name: str = "celgc_speedup") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     labels = list(summary["methods"])
+    top = _top(runs)
     clients = sorted({r["clients"] for r in runs})
     colors = {label: f"C{i}" for i, label in enumerate(labels)}
     paths = []
@@ -269,11 +303,14 @@ def figures(runs: list[dict], summary: dict, out: Path, target: float) -> list[P
             first = mean[0] * clients[0]
     if first is not None:
         grid = np.array(clients, float)
-        ax.plot(grid, first / grid, "k--", label="linear speedup (slope -1)")
+        ax.plot(grid, first / grid, "k--", label="linear speedup from N = 1 (slope -1)")
     ax.set(xscale="log", yscale="log", xlabel="clients N (fixed per-client batch)",
            ylabel=f"local iterations to test loss {target}",
            title="iterations to the target vs N (mean ± std over seeds)")
     ax.set_xticks(clients, [str(n) for n in clients])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.legend(fontsize=7)
     celgc = next((label for label in labels if label == "celgc I=4"), labels[0])
     for n in clients:
@@ -290,7 +327,7 @@ def figures(runs: list[dict], summary: dict, out: Path, target: float) -> list[P
         ax.legend(fontsize=7)
     axes[2].set_xscale("log")
     fig.tight_layout()
-    paths.append(out / "celgc_speedup.png")
+    paths.append(out / f"{name}.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -308,14 +345,14 @@ def figures(runs: list[dict], summary: dict, out: Path, target: float) -> list[P
                                                 ("MB communicated (rounds x 2 x N x 4 d)", "log"))):
             axes[row, col].axhline(target, color="k", lw=0.8, ls=":")
             axes[row, col].set(xlabel=xlabel, ylabel="test loss (averaged model)",
-                               title=f"N = {n}", ylim=(None, 8.5))
+                               title=f"N = {n}", ylim=(None, top))
             if xscale == "log":  # symlog: round 0 (the initial model) stays on the axis
                 unit = 1 if col == 1 else 2 * n * 4 * runs[0]["model_size"] / 1e6
                 axes[row, col].set_xscale("symlog", linthresh=unit)
                 axes[row, col].set_xlim(left=0)
         axes[row, 0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "celgc_speedup_comm.png")
+    paths.append(out / f"{name}_comm.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -326,13 +363,13 @@ def figures(runs: list[dict], summary: dict, out: Path, target: float) -> list[P
         ref = [r for r in runs if r["label"] == celgc and r["clients"] == n]
         _band(ax, ref, "iteration", celgc, colors[celgc])
         for label in unclipped:
-            for r in (r for r in runs if r["label"] == label and r["clients"] == n):
-                _band(ax, [r], "iteration", f"{label} seed {r['seed']}")
-        ax.set(xlabel="local iterations per client", ylabel="test loss (averaged model, capped at 8)",
-               title=f"N = {n}: unclipped vs clipped, same eta", ylim=(1.5, 8.8))
-        ax.legend(fontsize=6)
+            _band(ax, [r for r in runs if r["label"] == label and r["clients"] == n], "iteration",
+                  label, colors[label])
+        ax.set(xlabel="local iterations per client", ylabel="test loss of the averaged model",
+               title=f"N = {n}: unclipped vs clipped, same eta", ylim=(None, top))
+        ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
-    paths.append(out / "celgc_speedup_unclipped.png")
+    paths.append(out / f"{name}_unclipped.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
@@ -373,8 +410,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=4000, help="training sequences in all")
     p.add_argument("--test-examples", type=int, default=256, help="fixed evaluation subset")
     p.add_argument("--workers", type=int, default=1, help="processes; 0 = this one")
+    p.add_argument("--replot", action="store_true",
+                   help="no runs: tables and figures from <out>/results/<name>.json")
+    p.add_argument("--step-scaling", default="none", choices=["none", "sqrt", "linear"],
+                   help="eta and gamma times 1, sqrt(N) or N (c = gamma / eta fixed)")
+    p.add_argument("--name", default="celgc_speedup", help="file name of the JSON and figures")
     p.add_argument("--out", default="docs")
     return p
+
+
+def replot(out: Path, target: float | None = None, name: str = "celgc_speedup") -> int:
+    """The tables and figures again from the stored runs (``target``: another target loss,
+    printed, not stored)."""
+    import json
+
+    record = json.loads((out / "results" / f"{name}.json").read_text())
+    runs, target = record["runs"], record["summary"]["target"] if target is None else target
+    summary = summarise(runs, target)
+    print(f"runs of commit {record['commit']}: {record['command']}")
+    print(markdown(summary, sorted({r["clients"] for r in runs})))
+    for path in figures(runs, summary, out, target, name):
+        print(f"figure: {path}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -384,6 +441,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.quick:
         args.clients, args.iterations, args.target = "1,2,4", 256, 2.5
+    out = Path(args.out)
+    if args.replot:
+        return replot(out, args.target if "--target" in argv else None, args.name)
     clients = [int(c) for c in args.clients.split(",")]
     periods = [int(p) for p in args.periods.split(",")]
     seeds = list(range(args.seeds))
@@ -398,16 +458,15 @@ def main(argv=None) -> int:
     runs = [compact({**run, "batch_size": args.batch_size}, job[4]["run.seed"], size)
             for job, run in zip(todo, done, strict=True)]
     summary = summarise(runs, args.target)
-    out = Path(args.out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     record = {"commit": commit(), "command": "python -m experiments.celgc_speedup " + shlex.join(argv),
               "setting": {**vars(args), **setting(args), "model_size": size,
                           "budget": {str(n): budget(n, args.iterations) for n in clients}},
               "seconds": time.perf_counter() - start, "summary": summary, "runs": runs}
-    with open(out / "results" / "celgc_speedup.json", "w") as handle:
+    with open(out / "results" / f"{args.name}.json", "w") as handle:
         json.dump(record, handle)
     print(markdown(summary, clients))
-    for path in figures(runs, summary, out, args.target):
+    for path in figures(runs, summary, out, args.target, args.name):
         print(f"figure: {path}")
     print(f"{len(todo)} runs in {record['seconds']:.0f} s")
     return 0

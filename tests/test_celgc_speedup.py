@@ -38,6 +38,16 @@ def test_slope_fit_recovers_linear_and_square_root_speedup():
     assert math.isnan(sp.fit_slope(clients, [800] + [float("nan")] * 4))
 
 
+def test_step_scaling_keeps_the_clipping_threshold():
+    assert [sp.step_scale(n, "sqrt") for n in (1, 4, 16)] == [1.0, 2.0, 4.0]
+    assert sp.step_scale(8, "linear") == 8.0 and sp.step_scale(8, "none") == 1.0
+    with pytest.raises(ValueError, match="step scaling"):
+        sp.step_scale(2, "cubic")
+    args = sp.parser().parse_args(["--data", "x", "--step-scaling", "sqrt", "--lr", "50", "--gamma", "5"])
+    job = next(j for j in sp.jobs(args, [4], [4], [0]) if j[1] == "celgc I=4")
+    assert (job[4]["train.lr"], job[4]["strategy.clip_gamma"]) == (100.0, 10.0)  # c = 0.1 kept
+
+
 def test_budget_and_evaluation_grid():
     assert [sp.budget(n, 1024) for n in (1, 2, 4, 8, 16)] == [1024, 736, 512, 368, 256]
     assert sp.evaluation_interval(1024, 1) == 32
@@ -97,12 +107,18 @@ def _texts_and_crosses(fig):
 def test_a_diverged_run_is_marked_at_its_last_finite_loss():
     fig, ax = plt.subplots()
     run = synthetic_run("unclipped I=4", 2, 0, rate=1.0, diverged_at=24, interval=4)
-    sp._band(ax, [run], "iteration", "unclipped I=4")
+    other = synthetic_run("unclipped I=4", 2, 1, rate=1.0, diverged_at=8, interval=4)
+    other["records"][-1]["train_loss"] = 31.4  # stopped above celgc.DIVERGED, finite
+    sp._band(ax, [run, other], "iteration", "unclipped I=4")
     texts, crosses = _texts_and_crosses(fig)
+    legend = [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
     plt.close(fig)
-    assert texts == ["unclipped I=4 seed 0: diverged at iteration 24"]
-    # the last finite evaluation is at iteration 16 (the record at 24 has no test loss)
-    assert crosses == [pytest.approx((16.0, 4 * math.exp(-2 * 16 / 100)))]
+    # one annotation for the group, one x per seed, one legend entry
+    assert texts == ["unclipped I=4: 2/2 seeds diverged\nat iteration 24, 8\n(train loss NaN, 31)"]
+    assert legend == ["unclipped I=4: 2/2 seeds diverged"]
+    # the last finite evaluation: iteration 16 (the record at 24 has no test loss); the
+    # other seed's only finite point is the initial model's loss at iteration 0
+    assert crosses == [pytest.approx((16.0, 4 * math.exp(-2 * 16 / 100))), (0.0, 4.0)]
 
 
 @pytest.fixture
@@ -130,7 +146,7 @@ def test_celgc_figures_mark_a_run_that_diverged_before_its_first_evaluation(tmp_
 
 
 def test_sweep_end_to_end_writes_json_and_figures(tmp_path, shakespeare_path):
-    argv = ["--data", shakespeare_path, "--clients", "1,2", "--periods", "1,4", "--seeds", "2",
+    argv = ["--data", shakespeare_path, "--clients", "1,2", "--periods", "4", "--seeds", "2",
             "--iterations", "16", "--max-train", "200", "--width", "16", "--seq-len", "20",
             "--test-examples", "16", "--target", "4.0", "--workers", "0", "--out", str(tmp_path)]
     assert sp.main(argv) == 0
@@ -138,15 +154,19 @@ def test_sweep_end_to_end_writes_json_and_figures(tmp_path, shakespeare_path):
     assert record["command"] == "python -m experiments.celgc_speedup " + " ".join(argv)
     assert len(record["commit"]) >= 7
     assert record["setting"]["budget"] == {"1": 16, "2": 16}
-    # naive, celgc I=1, I=4, unclipped I=4; 2 clients counts; 2 seeds
-    assert len(record["runs"]) == 16
-    assert {r["label"] for r in record["runs"]} == {"naive", "celgc I=1", "celgc I=4", "unclipped I=4"}
+    # naive, celgc I=4, unclipped I=4; 2 client counts; 2 seeds
+    assert len(record["runs"]) == 12
+    assert {r["label"] for r in record["runs"]} == {"naive", "celgc I=4", "unclipped I=4"}
     for run in record["runs"]:
         assert 4.0 < run["initial_test_loss"] < 5.0  # about ln 96 = 4.56 at initialisation
         assert run["records"][-1]["iteration"] == 16 or run["diverged"]
-    celgc_i1 = record["summary"]["methods"]["celgc I=1"]
-    assert celgc_i1["iterations"]["1"]["reached"] == 2  # 4.56 -> below 4.0 within 16 steps
-    assert 0 < celgc_i1["iterations"]["1"]["mean"] < 16
-    assert np.isfinite(celgc_i1["slope"]["mean"])
+    celgc_i4 = record["summary"]["methods"]["celgc I=4"]
+    assert celgc_i4["iterations"]["1"]["reached"] == 2  # 4.56 -> below 4.0 within 16 steps
+    assert 0 < celgc_i4["iterations"]["1"]["mean"] <= 16
+    assert np.isfinite(celgc_i4["slope"]["mean"])
     for name in ("celgc_speedup.png", "celgc_speedup_comm.png", "celgc_speedup_unclipped.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 10_000
+        (tmp_path / "figures" / name).unlink()
+    # the plot step alone, from the stored runs
+    assert sp.main(["--data", "unused", "--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "celgc_speedup_comm.png").stat().st_size > 10_000
