@@ -214,6 +214,7 @@ def theory_summary(run: dict) -> dict:
            "fit_rounds": fit["rounds"],
            "rate_step_late": late["rate"] / run["tau"],  # the second half of the fitted rounds
            "r2_settled": settled["r2"],  # R^2 without the first 10 % of the fitted rounds
+           "rounds_to_1e-2": next((r for r, v in enumerate(loss) if v <= 1e-2 * loss[0]), float("nan")),
            "eta_lambda_max_local": run["lr"] * run["kernel"]["lambda_max_local"],
            "predicted_rate_step": -2 * math.log(1 - run["lr"] * run["kernel"]["lambda_min"])}
     diags = run["diagnostics"]
@@ -243,8 +244,13 @@ def aggregate(values) -> tuple[float, float]:
 
 
 def pm(values, fmt: str = ".3g") -> str:
-    mean, std = aggregate(values)
-    return f"{mean:{fmt}} ± {std:{fmt}}"
+    """mean ± std over the seeds; NaN (e.g. a target not reached) leaves that seed out."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "-"
+    mean, std = aggregate(finite)
+    missing = f" ({len(finite)}/{len(values)} seeds)" if len(finite) < len(values) else ""
+    return f"{mean:{fmt}} ± {std:{fmt}}{missing}"
 
 
 def group(runs: list[dict]) -> dict[tuple, list[dict]]:
@@ -263,10 +269,11 @@ def tables(runs: list[dict], compare_step: int) -> str:
     local = sorted((key for key in groups if key[0] > 1), key=lambda k: (k[0], k[2], k[1]))
     lines = ["| K | tau | m | F_R / F_0 | peak F / F_0 | rate per round | rate per step | R^2 | "
              "rounds fitted | late rate per step | R^2 after 10 % | 2 eta lambda_0 / n | "
-             "eta lambda_max (local) |", "|" + " --- |" * 13]
+             "eta lambda_max (local) | rounds to 1e-2 F_0 |", "|" + " --- |" * 14]
     columns = (("loss_ratio", ".3g"), ("peak_ratio", ".3g"), ("rate_round", ".3g"),
                ("rate_step", ".3g"), ("r2", ".4f"), ("fit_rounds", ".0f"), ("rate_step_late", ".3g"),
-               ("r2_settled", ".4f"), ("predicted_rate_step", ".3g"), ("eta_lambda_max_local", ".2f"))
+               ("r2_settled", ".4f"), ("predicted_rate_step", ".3g"), ("eta_lambda_max_local", ".2f"),
+               ("rounds_to_1e-2", ".0f"))
     for key in sorted(groups, key=lambda k: (k[0], k[2], k[1])):
         s = [theory_summary(r) for r in groups[key]]
         lines.append(f"| {key[0] if key[0] > 1 else '1 (GD)'} | {key[2]} | {key[1]} | "
