@@ -27,12 +27,13 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from experiments.provenance import provenance
 
 # ----------------------------------------------------------------------------- the arms
 # An arm is one configuration on the engine: (overrides, clients, rounds, what to measure).
@@ -254,14 +255,6 @@ def table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
@@ -280,6 +273,7 @@ def main(argv=None) -> int:
         claims = [known[name] for name in args.only.split(",")]
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (a spread needs two)")
+    made = provenance("experiments.claims", argv)  # before the runs: others may commit meanwhile
     started = time.perf_counter()
     verdicts, results = evaluate(claims, args.seeds, args.workers)
     print(table(verdicts))
@@ -292,7 +286,7 @@ def main(argv=None) -> int:
         path = Path(args.out) / "results" / "claims.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
-            "commit": commit(), "command": "python -m experiments.claims " + " ".join(argv or sys.argv[1:]),
+            **made, "seeds": args.seeds,
             "claims": [{"name": v.claim.name, "paper": v.claim.paper, "statement": v.claim.statement,
                         "statistic": v.claim.statistic, "threshold": v.claim.threshold,
                         "values": v.values, "holds": v.holds, "margin": v.margin,

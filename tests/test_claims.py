@@ -4,6 +4,7 @@ is right, and, in the slow test, every paper's claim holds while every mutant fa
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -146,4 +147,17 @@ def test_every_claims_arms_and_mutants_exist():
 def test_every_claim_holds_and_every_mutant_is_rejected(tmp_path):
     """The paper claims, 3 seeds each, and their mutants (about 1.5-3 minutes on 2 cores)."""
     assert C.main(["--check", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "results" / "claims.json").stat().st_size > 0
+    written = json.loads((tmp_path / "results" / "claims.json").read_text())
+    assert written["command"].startswith("python -m experiments.claims --check")
+    assert [c["name"] for c in written["claims"]] == [c.name for c in C.CLAIMS]
+    assert all(c["holds"] and all(m["rejected"] for m in c["mutants"].values())
+               for c in written["claims"])
+
+
+def test_provenance_names_the_commit_and_a_command_that_reruns_it():
+    from experiments.provenance import provenance
+
+    made = provenance("experiments.claims", ["--only", "a b", "--seeds", "3"])
+    assert made["command"] == "python -m experiments.claims --only 'a b' --seeds 3"
+    assert len(made["commit"]) >= 7 or made["commit"] == "unknown"
+    assert all(line.strip().endswith((".py", ".yaml")) for line in made["uncommitted_code"])
