@@ -21,7 +21,7 @@ O(1 / eps^3) communication rounds. This sweep measures it on the character LSTM:
 ::
 
     python -m experiments.celgc_speedup --data /path/to/tinyshakespeare/input.txt
-    python -m experiments.celgc_speedup --data ... --quick        # N in {1, 2, 4}, ~2 minutes
+    python -m experiments.celgc_speedup --data ... --quick        # N in {1, 2, 4}, ~1 minute
 
 Writes ``<out>/results/celgc_speedup.json`` (with the git commit and the command) and
 ``<out>/figures/celgc_speedup*.png`` (``--name``: another name); prints the tables.
