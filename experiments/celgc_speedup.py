@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.celgc import last_finite, mark_divergence, plan, run_one
+from experiments.provenance import provenance
 
 CLIPPED = ("naive", "celgc")  # label prefixes of the clipped methods
 KEEP = ("round", "iteration", "train_loss", "test_loss", "clip_fraction", "num_replies")
@@ -375,14 +374,6 @@ def figures(runs: list[dict], summary: dict, out: Path, target: float,
     return paths
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def model_size(args) -> int:
     import tasks
     from conf import load_config
@@ -447,6 +438,7 @@ def main(argv=None) -> int:
     clients = [int(c) for c in args.clients.split(",")]
     periods = [int(p) for p in args.periods.split(",")]
     seeds = list(range(args.seeds))
+    made = provenance("experiments.celgc_speedup", argv)  # before the runs: the code that ran
     todo = jobs(args, clients, periods, seeds)
     size = model_size(args)
     start = time.perf_counter()
@@ -459,9 +451,8 @@ def main(argv=None) -> int:
             for job, run in zip(todo, done, strict=True)]
     summary = summarise(runs, args.target)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    record = {"commit": commit(), "command": "python -m experiments.celgc_speedup " + shlex.join(argv),
-              "setting": {**vars(args), **setting(args), "model_size": size,
-                          "budget": {str(n): budget(n, args.iterations) for n in clients}},
+    record = {**made, "setting": {**vars(args), **setting(args), "model_size": size,
+                                  "budget": {str(n): budget(n, args.iterations) for n in clients}},
               "seconds": time.perf_counter() - start, "summary": summary, "runs": runs}
     with open(out / "results" / f"{args.name}.json", "w") as handle:
         json.dump(record, handle)

@@ -152,7 +152,7 @@ def test_sweep_end_to_end_writes_json_and_figures(tmp_path, shakespeare_path):
     assert sp.main(argv) == 0
     record = json.loads((tmp_path / "results" / "celgc_speedup.json").read_text())
     assert record["command"] == "python -m experiments.celgc_speedup " + " ".join(argv)
-    assert len(record["commit"]) >= 7
+    assert len(record["commit"]) >= 7 and isinstance(record["uncommitted_code"], list)
     assert record["setting"]["budget"] == {"1": 16, "2": 16}
     # naive, celgc I=4, unclipped I=4; 2 client counts; 2 seeds
     assert len(record["runs"]) == 12
