@@ -238,6 +238,22 @@ def verdict(fits: dict) -> dict:
     return {"holds": False, "why": why}
 
 
+def final_gap(results: list[dict], last: int = 4) -> list[dict]:
+    """A measure with no threshold and no censoring: x̄'s training loss over parallel SGD's
+    (same seed and n), averaged over the ``last`` evaluations; mean ± std over seeds."""
+    reference = {(r["seed"], r["nodes"]): r for r in results if r["label"] == "parallel"}
+    groups: dict[tuple, list] = {}
+    for r in results:
+        par = reference.get((r["seed"], r["nodes"]))
+        if r["label"] == "parallel" or par is None:
+            continue
+        ratio = np.divide([x["xbar_train_loss"] for x in r["records"][-last:]],
+                          [x["xbar_train_loss"] for x in par["records"][-last:]])
+        groups.setdefault((r["label"], r["topology"], r["nodes"]), []).append(float(ratio.mean()))
+    return [{"label": k[0], "topology": k[1], "nodes": k[2], "mean": float(np.mean(v)),
+             "std": float(np.std(v)), "seeds": len(v)} for k, v in sorted(groups.items())]
+
+
 def sensitivity(results: list[dict], horizon: int, values=(0.1, 0.3)) -> dict:
     """The ring exponents and the verdict with other band widths eps."""
     out = {}
@@ -277,6 +293,7 @@ def figures(data: dict, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     results, horizon, eps = data["runs"], data["iterations"], data["eps"]
     nodes = data["nodes"]
@@ -288,11 +305,14 @@ def figures(data: dict, out: Path) -> list[Path]:
 
     # (a) x̄'s training loss, and its ratio to parallel SGD's, per graph and n
     for kind in ("loss", "ratio"):
-        fig, axes = plt.subplots(len(GRAPHS), len(nodes), figsize=(4.2 * len(nodes), 3.6 * len(GRAPHS)),
+        fig, axes = plt.subplots(len(GRAPHS), len(nodes), figsize=(4.2 * len(nodes), 4.2 * len(GRAPHS)),
                                  squeeze=False, sharey="row")
         for row, topology in enumerate(GRAPHS):
             for col, n in enumerate(nodes):
                 ax = axes[row, col]
+                if not any(_runs(results, label, topology, n) for label in labels if label != "parallel"):
+                    ax.set_visible(False)  # e.g. the exponential graph, run on fewer n
+                    continue
                 par = {r["seed"]: r for r in _runs(results, "parallel", topology, n)}
                 for label in labels:
                     runs = _runs(results, label, topology, n)
@@ -315,6 +335,8 @@ def figures(data: dict, out: Path) -> list[Path]:
                        ylabel="x̄ train loss" if kind == "loss" else "x̄ loss / parallel SGD's")
                 if col == 0:
                     ax.legend(fontsize=6)
+        for ax in axes.ravel():  # a hidden first panel takes the shared y labels with it
+            ax.yaxis.set_tick_params(labelleft=ax.get_visible())
         what = ("training loss of x̄ (mean ± std over seeds)" if kind == "loss" else
                 "x̄'s training loss / parallel SGD's (same seed); dotted: mean transient stage")
         fig.suptitle(f"Gossip-PGA at scale, {data['task']} Dirichlet(0.1): {what}")
@@ -327,7 +349,7 @@ def figures(data: dict, out: Path) -> list[Path]:
     fits, claim = data["exponents"], data["verdict"]
     for kind in ("nodes", "mixing"):
         fig, axes = plt.subplots(1, 1 if kind == "mixing" else len(GRAPHS),
-                                 figsize=(7, 5) if kind == "mixing" else (12, 5), squeeze=False)
+                                 figsize=(8, 5.5) if kind == "mixing" else (12, 5.5), squeeze=False)
         for col, topology in enumerate(GRAPHS):
             ax = axes[0, 0 if kind == "mixing" else col]
             for label in labels:
@@ -350,7 +372,7 @@ def figures(data: dict, out: Path) -> list[Path]:
                 name = label if kind == "nodes" else f"{label}, {topology}"
                 if kind == "nodes" and label in fits and topology == "ring":
                     fit = fits[label]
-                    name += f" (b = {'>= ' if fit['censored'] else ''}{fit['mean']:.2f} ± {fit['std']:.2f})"
+                    name += f" (b {'>=' if fit['censored'] else '='} {fit['mean']:.2f} ± {fit['std']:.2f})"
                 ax.plot(xs, mean, style, marker="o" if topology == "ring" else "s", color=colour(label),
                         label=name, markersize=4)
                 ax.fill_between(xs, np.maximum(mean - std, 1), mean + std, color=colour(label),
@@ -369,13 +391,14 @@ def figures(data: dict, out: Path) -> list[Path]:
             if kind == "nodes":
                 ax.set(xlabel="nodes n", title=f"{topology} graph")
                 ax.set_xticks(nodes, [str(n) for n in nodes])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             else:
                 ax.set(xlabel="1 / (1 - beta)  (ring: solid, exponential: dashed)",
                        title="transient stage vs the graph's mixing time")
             ax.legend(fontsize=7)
         verdict_line = {True: "holds", False: "does not hold", None: "inconclusive"}[claim["holds"]]
         fig.suptitle(f"Claim (PGA's transient grows more slowly with n than Gossip SGD's on the ring): "
-                     f"{verdict_line}. {claim['why']}", fontsize=9)
+                     f"{verdict_line}.\n{claim['why']}", fontsize=9)
         fig.tight_layout()
         paths.append(folder / f"gossip_scale_transient_vs_{kind}.png")
         fig.savefig(paths[-1], dpi=90)
@@ -433,6 +456,16 @@ def markdown(data: dict) -> str:
                 mark = f" ({row['censored']}/{row['seeds']} > {horizon})" if row["censored"] else ""
                 out.append(f"{'>= ' if row['censored'] else ''}{row['mean']:.0f} ± {row['std']:.0f}{mark}")
         lines.append(f"| {topology} | {label} | " + " | ".join(out) + " |")
+    lines += ["", "x̄'s loss / parallel SGD's, mean of the last 4 evaluations:", "",
+              "| graph | method | " + " | ".join(f"n = {n}" for n in data["nodes"]) + " |",
+              "|" + " --- |" * (2 + len(data["nodes"]))]
+    gaps: dict[tuple, dict] = {}
+    for row in final_gap(data["runs"]):
+        gaps.setdefault((row["topology"], row["label"]), {})[row["nodes"]] = row
+    for (topology, label), by_n in gaps.items():
+        lines.append(f"| {topology} | {label} | " + " | ".join(
+            f"{by_n[n]['mean']:.3f} ± {by_n[n]['std']:.3f}" if n in by_n else "–"
+            for n in data["nodes"]) + " |")
     lines += ["", "| method (ring) | exponent b (mean ± std over seeds) | "
               "transient(n_max) / transient(n_min) |", "| --- | --- | --- |"]
     for label, fit in data["exponents"].items():
@@ -477,6 +510,8 @@ def parse(argv=None):
     parser.add_argument("--width", type=int, default=32, help="the MLP's hidden width")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--replot", action="store_true",
+                        help="no runs: redraw the figures and the table from <out>/results/gossip_scale.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.exp_nodes, args.extra_nodes = [16, 32], [16], []
@@ -491,6 +526,12 @@ def main(argv=None) -> int:
     command = "python -m experiments.gossip_scale " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
+    if args.replot:
+        data = json.loads((out / "results" / "gossip_scale.json").read_text())
+        print(markdown(data))
+        for path in figures(data, out):
+            print(f"figure: {path}")
+        return 0
     # the code the runs use is what is on disk now: record it before they start
     commit = _git("rev-parse", "--short", "HEAD")
     uncommitted = [line for line in _git("status", "--porcelain", "--", *CODE).splitlines()
@@ -522,6 +563,7 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - start,
         "transients": rows, "table": table(rows, args.iterations), "exponents": fits,
         "verdict": verdict(fits), "sensitivity": sensitivity(results, args.iterations),
+        "final_gap": final_gap(results),
         "runs": results,
     }
     (out / "results").mkdir(parents=True, exist_ok=True)
