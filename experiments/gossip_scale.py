@@ -478,9 +478,11 @@ def markdown(data: dict) -> str:
 
 
 def _git(*args: str) -> str:
+    """``git args`` in the repository's root (pathspecs are relative to it); "unknown" if
+    git or the repository is missing."""
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

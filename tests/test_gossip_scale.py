@@ -122,3 +122,9 @@ def test_verdict_with_a_censored_gossip_exponent_only_confirms():
     rows = _rows("gossip", [100, None, None, None], 0) + _rows("pga H=16", [20, 30, 40, 56], 0)
     verdict = gs.verdict(gs.exponents(rows, horizon=150))
     assert verdict["holds"] is None and "inconclusive" in verdict["why"]
+
+
+def test_git_pathspecs_are_relative_to_the_repository_root():
+    # the JSON's uncommitted_code runs `git status -- engine ...`: from experiments/ the
+    # pathspec matched nothing (the first full sweep recorded an empty list)
+    assert gs._git("ls-files", "--", "engine/__init__.py") == "engine/__init__.py"
