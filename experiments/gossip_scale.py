@@ -216,7 +216,7 @@ def exponents(rows: list[dict], horizon: int, topology: str = "ring") -> dict:
             first, last = (horizon if t is None else t for t in (mine[0][1], mine[-1][1]))
             ratios.append(last / first)
         if per_seed:
-            out[label] = {"per_seed": per_seed, "mean": float(np.mean(per_seed)),
+            out[label] = {"per_seed": per_seed, "mean": float(np.mean(per_seed)) + 0.0,  # no -0.00
                           "std": float(np.std(per_seed)), "censored": censored,
                           "ratio_max_min": float(np.mean(ratios)), "ratio_std": float(np.std(ratios))}
     return out
