@@ -128,3 +128,31 @@ def test_git_pathspecs_are_relative_to_the_repository_root():
     # the JSON's uncommitted_code runs `git status -- engine ...`: from experiments/ the
     # pathspec matched nothing (the first full sweep recorded an empty list)
     assert gs._git("ls-files", "--", "engine/__init__.py") == "engine/__init__.py"
+
+
+def test_window_mean_levels_local_sgds_saw_tooth():
+    from experiments.gossip_pga import window_mean
+
+    saw = [0.0, 1.0, 2.0, 3.0] * 3 + [9.0]  # a period of 4, then an incomplete window
+    assert window_mean(saw, 4).tolist() == [1.5, 1.5, 1.5]
+
+
+def test_gossip_pga_replot_draws_seed_bands_from_the_json(tmp_path):
+    import json
+
+    from experiments import gossip_pga
+
+    def run(label, topology, seed, scale):
+        records = [{"iteration": i, "xbar_train_loss": scale / i} for i in (20, 40)]
+        return {"label": label, "topology": topology, "seed": seed, "records": records,
+                "consensus_distance": [scale * 0.1] * 40}
+
+    runs = [run(label, topology, seed, 1 + seed)
+            for seed in range(2) for label, topology in
+            (("parallel", "any"), ("gossip", "ring"), ("gossip", "exponential"),
+             ("pga H=4", "ring"), ("pga H=4", "exponential"), ("local_sgd H=4", "any"))]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gossip_pga.json").write_text(json.dumps({"runs": runs}))
+    assert gossip_pga.main(["--replot", "--periods", "4", "--out", str(tmp_path)]) == 0
+    for topology in ("ring", "exponential"):
+        assert (tmp_path / "figures" / f"gossip_pga_{topology}.png").stat().st_size > 10_000
