@@ -46,15 +46,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from experiments.gossip_pga import methods, simulate
+from experiments.provenance import provenance
 
 EPS = 0.20
 BASE = {"strategy.name": "gossip_pga", "task.name": "fmnist", "data.partition": "dirichlet",
@@ -63,8 +61,6 @@ BASE = {"strategy.name": "gossip_pga", "task.name": "fmnist", "data.partition": 
         "strategy.evaluate_nodes": False}
 GRAPHS = ("ring", "exponential")
 CLAIM = ("gossip", "pga H=16")  # the claim: PGA's transient grows more slowly with n on the ring
-# The source files whose uncommitted state would change a number (recorded in the JSON).
-CODE = ("algorithms", "client", "conf", "engine", "experiments", "strategies", "tasks")
 
 
 # ------------------------------------------------------------------------------------------
@@ -477,16 +473,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _git(*args: str) -> str:
-    """``git args`` in the repository's root (pathspecs are relative to it); "unknown" if
-    git or the repository is missing."""
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent.parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -525,8 +511,6 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    command = "python -m experiments.gossip_scale " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     if args.replot:
         data = json.loads((out / "results" / "gossip_scale.json").read_text())
@@ -534,10 +518,7 @@ def main(argv=None) -> int:
         for path in figures(data, out):
             print(f"figure: {path}")
         return 0
-    # the code the runs use is what is on disk now: record it before they start
-    commit = _git("rev-parse", "--short", "HEAD")
-    uncommitted = [line for line in _git("status", "--porcelain", "--", *CODE).splitlines()
-                   if line.strip().endswith((".py", ".yaml"))]
+    made = provenance("experiments.gossip_scale", argv)  # before the runs: others commit meanwhile
     todo = jobs(args)
     print(f"{len(todo)} runs", flush=True)
     start = time.perf_counter()
@@ -556,8 +537,7 @@ def main(argv=None) -> int:
     rows = transients(results, args.eps)
     fits = exponents(rows, args.iterations)
     data = {
-        "commit": commit, "uncommitted_code": uncommitted,
-        "command": command, "base": BASE, "task": args.task, "max_train": args.max_train,
+        **made, "base": BASE, "task": args.task, "max_train": args.max_train,
         "width": args.width, "nodes": args.nodes, "exp_nodes": args.exp_nodes,
         "extra_nodes": args.extra_nodes,
         "seeds": args.seeds, "iterations": args.iterations, "every": args.every, "eps": args.eps,

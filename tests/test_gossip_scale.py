@@ -127,7 +127,9 @@ def test_verdict_with_a_censored_gossip_exponent_only_confirms():
 def test_git_pathspecs_are_relative_to_the_repository_root():
     # the JSON's uncommitted_code runs `git status -- engine ...`: from experiments/ the
     # pathspec matched nothing (the first full sweep recorded an empty list)
-    assert gs._git("ls-files", "--", "engine/__init__.py") == "engine/__init__.py"
+    from experiments import provenance
+
+    assert provenance._git("ls-files", "--", "engine/__init__.py") == "engine/__init__.py"
 
 
 def test_window_mean_levels_local_sgds_saw_tooth():
