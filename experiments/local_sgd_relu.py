@@ -10,7 +10,8 @@ gradients stay close to the gradient at the averaged model. Setting here:
 - a two-layer student ``x -> v^T relu(W x + b) + c`` (``model.depth=1``, He init, all
   layers trained), width m in {64, 256, 1024, 4096};
 - local **full-batch** gradient descent (``train.batch_size`` >= every partition), tau in
-  {1, 5, 20, 50} local steps per round, example-weighted averaging (FedAvg);
+  {1, 5, 20, 50} local steps per round, uniform averaging (``strategy.weighting``'s
+  default; ``experiments.local_sgd_theory`` weighs by examples);
 - step size ``eta = 32 / m``: the theory's eta = Theta(1/m). With PyTorch's standard
   parametrization the top eigenvalue of the tangent kernel grows like m/48 (output layer),
   so a width-independent eta is unstable at m = 4096 or very slow at m = 64; 32/m keeps
