@@ -152,6 +152,27 @@ def jobs(args) -> list[dict]:
     return out
 
 
+SAME_SETTINGS = ("task", "max_train", "width", "iterations", "every", "base")
+
+
+def extend(todo: list[dict], path: Path, args) -> tuple[list[dict], list[dict], dict]:
+    """The jobs of ``todo`` not yet in the results file at ``path``, its runs (each marked
+    with the commit it ran at), and that file's provenance; refuses a file whose settings
+    differ from these (its runs would not be comparable)."""
+    saved = json.loads(path.read_text())
+    wanted = {"task": args.task, "max_train": args.max_train, "width": args.width,
+              "iterations": args.iterations, "every": args.every, "base": BASE}
+    differ = [key for key in SAME_SETTINGS if saved.get(key) != wanted[key]]
+    if differ:
+        raise ValueError(f"{path} was made with other settings ({', '.join(differ)}); "
+                         "--extend adds runs only to a sweep of the same settings.")
+    key = lambda r: (r["label"], r["topology"], r["nodes"], r["seed"])  # noqa: E731
+    kept = [dict(r, commit=r.get("commit", saved.get("commit"))) for r in saved["runs"]]
+    have = {key(r) for r in kept}
+    earlier = {k: saved.get(k) for k in ("commit", "uncommitted_code", "command")}
+    return [job for job in todo if key(job) not in have], kept, earlier
+
+
 def run_job(job: dict, iterations: int, every: int) -> dict:
     meta = {k: v for k, v in job.items() if k != "cfg"}
     result = simulate(job["cfg"], job["nodes"], iterations, every, **meta)
@@ -498,6 +519,9 @@ def parse(argv=None):
     parser.add_argument("--width", type=int, default=32, help="the MLP's hidden width")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--extend", action="store_true",
+                        help="keep the runs already in <out>/results/gossip_scale.json (same "
+                             "settings) and run only the missing (method, graph, n, seed)")
     parser.add_argument("--replot", action="store_true",
                         help="no runs: redraw the figures and the table from <out>/results/gossip_scale.json")
     args = parser.parse_args(argv)
@@ -519,7 +543,9 @@ def main(argv=None) -> int:
             print(f"figure: {path}")
         return 0
     made = provenance("experiments.gossip_scale", argv)  # before the runs: others commit meanwhile
-    todo = jobs(args)
+    todo, kept, earlier = jobs(args), [], None
+    if args.extend:
+        todo, kept, earlier = extend(todo, out / "results" / "gossip_scale.json", args)
     print(f"{len(todo)} runs", flush=True)
     start = time.perf_counter()
     results = []
@@ -534,10 +560,13 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(args.workers) as pool:
             results = list(pool.map(run_job, todo, [args.iterations] * len(todo),
                                     [args.every] * len(todo)))
+    for run in results:
+        run["commit"] = made["commit"]
+    results = kept + results
     rows = transients(results, args.eps)
     fits = exponents(rows, args.iterations)
     data = {
-        **made, "base": BASE, "task": args.task, "max_train": args.max_train,
+        **made, "earlier": earlier, "base": BASE, "task": args.task, "max_train": args.max_train,
         "width": args.width, "nodes": args.nodes, "exp_nodes": args.exp_nodes,
         "extra_nodes": args.extra_nodes,
         "seeds": args.seeds, "iterations": args.iterations, "every": args.every, "eps": args.eps,

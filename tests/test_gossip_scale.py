@@ -158,3 +158,19 @@ def test_gossip_pga_replot_draws_seed_bands_from_the_json(tmp_path):
     assert gossip_pga.main(["--replot", "--periods", "4", "--out", str(tmp_path)]) == 0
     for topology in ("ring", "exponential"):
         assert (tmp_path / "figures" / f"gossip_pga_{topology}.png").stat().st_size > 10_000
+
+
+def test_extend_runs_only_what_the_results_file_lacks(tmp_path):
+    args = gs.parse(["--exp-nodes", "16,32", "--extra-nodes", "16"])
+    saved = {"task": args.task, "max_train": args.max_train, "width": args.width,
+             "iterations": args.iterations, "every": args.every, "base": gs.BASE, "commit": "abc1234",
+             "runs": [{"label": "gossip", "topology": "ring", "nodes": 16, "seed": 0}]}
+    path = tmp_path / "gossip_scale.json"
+    path.write_text(json.dumps(saved))
+    todo = [{"label": "gossip", "topology": "ring", "nodes": n, "seed": s} for n in (16, 32) for s in (0, 1)]
+    missing, kept, earlier = gs.extend(todo, path, args)
+    assert [(j["nodes"], j["seed"]) for j in missing] == [(16, 1), (32, 0), (32, 1)]
+    assert kept == [dict(saved["runs"][0], commit="abc1234")] and earlier["commit"] == "abc1234"
+    path.write_text(json.dumps(dict(saved, width=64)))
+    with pytest.raises(ValueError, match="other settings \\(width\\)"):
+        gs.extend(todo, path, args)
