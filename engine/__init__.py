@@ -86,19 +86,32 @@ def _floats(metrics: dict) -> dict:
 
 
 def run(cfg, num_clients: int, rounds: int | None = None, evaluate_every: int = 0,
-        on_round=None, algorithm=None, aggregator=None) -> Run:
+        on_round=None, algorithm=None, aggregator=None, on_client=None) -> Run:
     """``rounds`` (default ``run.rounds``) rounds of ``strategy.name`` on ``num_clients``
     clients. ``on_round(record)`` is called after each round; returning True stops the run
     (e.g. a diverged one). ``algorithm`` (``(cfg, num_nodes) -> Algorithm``, e.g. a class)
     and ``aggregator`` replace the registered algorithm and ``strategy.aggregator``: an
     experiment's variant of an algorithm (``experiments.claims``' mutants) runs through
-    the same driver."""
+    the same driver.
+
+    ``on_client(round, client, model, start)`` (server-centred algorithms only) is called
+    right after each sampled client's ``client_update``, before any attack: ``model`` is
+    the engine's model as the client half left it (the client's trained model W_k, its
+    reply, in place; an algorithm that sends gradients leaves it at W_bar), and ``start``
+    the round's starting global model W_bar as ``{name: tensor}`` over the trainable
+    parameters. Both are the engine's own: the hook reads them and must not change them
+    (the next client is reset from ``start``)."""
     make = algorithm or algorithms.get(cfg.strategy.name)
     algorithm = make(cfg, num_nodes=num_clients)
     rounds = cfg.run.rounds if rounds is None else rounds
     aggregator = aggregator or build_aggregator(cfg)
-    loop = _decentralized if algorithm.decentralized else _centralized
-    return loop(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round)
+    if algorithm.decentralized:
+        if on_client is not None:
+            raise ValueError(f"on_client needs a server-centred algorithm; {algorithm.name!r} "
+                             "keeps one model per node.")
+        return _decentralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round)
+    return _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round,
+                        on_client)
 
 
 def _evaluate(cfg, model, data, loss_fn) -> dict[str, float]:
@@ -106,7 +119,8 @@ def _evaluate(cfg, model, data, loss_fn) -> dict[str, float]:
     return {M.TEST_PREFIX + k: v for k, v in test.items()}
 
 
-def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round) -> Run:
+def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every, on_round,
+                 on_client=None) -> Run:
     a = cfg.attack
     data, loss_fn, splits, model = tasks.federation(cfg, num_clients)
     model = model.to(tasks.pick_device(cfg.train.device))
@@ -122,7 +136,8 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
         started = time.perf_counter()
         settings = round_settings(cfg, r, algorithm)
         start = [p.detach().clone() for p in params]
-        origin = None if settings.gradient else dict(zip(names, start, strict=True))
+        state = dict(zip(names, start, strict=True))  # W_bar, what every client starts from
+        origin = None if settings.gradient else state
         rows, replies = [], []
         for i in clients:
             seed = round_seed(cfg.run.seed, i, r)
@@ -132,6 +147,8 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
             update = algorithm.client_update(model, splits[i], loss_fn, settings, seed=seed,
                                              momentum=momentum[i])
             momentum[i] = update.result.momentum
+            if on_client is not None:
+                on_client(r, i, model, state)
             sent = {n: update.arrays[n] for n in names}
             if i < attackers:
                 sent = attacked(a.kind, origin, sent, scale=a.scale, std=a.std, seed=seed)
@@ -140,7 +157,7 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
                 metrics[P.NUM_EXAMPLES] = a.claimed_examples
             rows.append(flat({n: v.detach().cpu().numpy() for n, v in sent.items()}))
             replies.append(Reply({}, metrics))
-        x = flat({n: v.cpu().numpy() for n, v in zip(names, start, strict=True)})
+        x = flat({n: v.cpu().numpy() for n, v in state.items()})
         kept = [k for k, row in enumerate(rows) if np.isfinite(row.astype(np.float32)).all()]
         record = {M.ROUND: r, M.TRAIN_LOSS: float("nan"), M.NUM_REPLIES: 0, M.AGGREGATE_REJECTED: 1}
         if kept:  # where the Flower strategy would stop (strategy.min_replies), a sweep goes on
@@ -151,7 +168,7 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
                            **_floats(weighted_metrics([replies[k] for k in kept], list(w), P.MAX_METRICS)),
                            **_floats(step.metrics)})
             with torch.no_grad():  # a model that is not finite is not taken
-                new = step.arrays if step.arrays is not None else dict(zip(names, start, strict=True))
+                new = step.arrays if step.arrays is not None else state
                 for p, name in zip(params, names, strict=True):
                     p.copy_(torch.as_tensor(new[name]))
         record[M.SECONDS] = time.perf_counter() - started
