@@ -160,6 +160,7 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
         x = flat({n: v.cpu().numpy() for n, v in state.items()})
         kept = [k for k, row in enumerate(rows) if np.isfinite(row.astype(np.float32)).all()]
         record = {M.ROUND: r, M.TRAIN_LOSS: float("nan"), M.NUM_REPLIES: 0, M.AGGREGATE_REJECTED: 1}
+        new = state  # the model holds the last client's W_k: a round without a new model keeps W_bar
         if kept:  # where the Flower strategy would stop (strategy.min_replies), a sweep goes on
             w = weights[[clients[k] for k in kept]]
             step = server_step(algorithm, aggregator, x, np.stack([rows[k] for k in kept]), w,
@@ -167,10 +168,11 @@ def _centralized(cfg, algorithm, aggregator, num_clients, rounds, evaluate_every
             record.update({M.NUM_REPLIES: len(kept),
                            **_floats(weighted_metrics([replies[k] for k in kept], list(w), P.MAX_METRICS)),
                            **_floats(step.metrics)})
-            with torch.no_grad():  # a model that is not finite is not taken
-                new = step.arrays if step.arrays is not None else state
-                for p, name in zip(params, names, strict=True):
-                    p.copy_(torch.as_tensor(new[name]))
+            if step.arrays is not None:  # a model that is not finite is not taken
+                new = step.arrays
+        with torch.no_grad():
+            for p, name in zip(params, names, strict=True):
+                p.copy_(torch.as_tensor(new[name]))
         record[M.SECONDS] = time.perf_counter() - started
         if tracker is not None:
             record.update(tracker.measure(model))

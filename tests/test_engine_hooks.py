@@ -1,6 +1,7 @@
 """``engine.run``'s ``on_client`` hook: every sampled client of every round once, right
 after its client half, with its trained model in the engine's model and the round's
-global model as ``start``; a run with the hook gives the same numbers as one without."""
+global model as ``start``; a run with the hook gives the same numbers as one without.
+And what the hook made visible: a round without a sound reply keeps the global model."""
 
 from __future__ import annotations
 
@@ -77,3 +78,14 @@ def test_on_client_needs_a_server_centred_algorithm():
     cfg = load_config({**SETTINGS, "strategy.name": "gossip_pga"})
     with pytest.raises(ValueError, match="server-centred"):
         engine.run(cfg, CLIENTS, rounds=1, on_client=lambda *args: None)
+
+
+def test_a_round_without_a_sound_reply_keeps_the_global_model():
+    """Every client an attacker sending NaN: no reply is taken, W_bar stays (not the last
+    client's W_k, which the engine's model holds after the client loop)."""
+    cfg = load_config({**SETTINGS, "attack.kind": "nan", "attack.fraction": 1.0})
+    out = engine.run(cfg, CLIENTS, rounds=2)
+    assert [r["num_replies"] for r in out.records] == [0, 0]
+    initial = tasks.make_model(cfg, tasks.load_task(cfg)).state_dict()
+    for name, value in out.state.items():
+        torch.testing.assert_close(value, initial[name], rtol=0, atol=0)
