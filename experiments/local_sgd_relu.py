@@ -29,9 +29,10 @@ batches)::
     python -m experiments.local_sgd_relu --setting theory         # the theorem's setting:
                                                                   # experiments.local_sgd_theory
 
-Writes ``<out>/results/local_sgd_relu[_<task>].json`` (with the command and the git
-commit) and ``<out>/figures/local_sgd_relu_*.png`` (mean over the seeds, +- one std
-shaded or as error bars) and prints a markdown table (mean +- std over the seeds).
+Writes ``<out>/results/local_sgd_relu[_<task>].json`` (with ``experiments.provenance``'s
+commit, uncommitted code and command) and ``<out>/figures/local_sgd_relu_*.png`` (mean
+over the seeds, +- one std shaded or as error bars) and prints a markdown table (mean +-
+std over the seeds).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from experiments.provenance import provenance
 
 LR_TIMES_WIDTH = 32.0  # eta = 32 / m
 # --task: the task's own overrides and eta * m. digits' inputs have norm ~5 instead of 1,
@@ -303,13 +306,6 @@ def figures(runs: list[dict], out: Path, suffix: str = "") -> list[Path]:
     return paths
 
 
-def git_commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-
-
 def main(argv=None) -> int:
     import sys
 
@@ -333,9 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="docs")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the figures from <out>/results/*.json")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.command = " ".join(["python -m experiments.local_sgd_relu",
-                             *(sys.argv[1:] if argv is None else argv)])
     if args.taus is None:
         args.taus = "1,5,20" if args.setting == "theory" else "1,5,20,50"
     if args.quick:
@@ -344,7 +339,7 @@ def main(argv=None) -> int:
     if args.setting == "theory":
         from experiments import local_sgd_theory
 
-        return local_sgd_theory.main(args)
+        return local_sgd_theory.main(args, argv)
     suffix = "" if args.task == "teacher" else "_" + args.task.replace("-", "_")
     out = Path(args.out)
     if args.plot_only:
@@ -356,7 +351,7 @@ def main(argv=None) -> int:
             for k in map(int, args.clients.split(",")) for m in map(int, args.widths.split(","))
             for tau in map(int, args.taus.split(",")) for seed in map(int, args.seeds.split(","))]
     grid.sort(key=lambda job: -job[0] * job[1] * job[2])  # longest first: better packing
-    commit = git_commit()  # before the runs: others commit meanwhile
+    made = provenance("experiments.local_sgd_relu", argv)  # before the runs: others commit meanwhile
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run_one, grid))
@@ -364,7 +359,7 @@ def main(argv=None) -> int:
     (out / "results").mkdir(parents=True, exist_ok=True)
     fitted = slopes(runs)
     with open(out / "results" / f"local_sgd_relu{suffix}.json", "w") as handle:
-        json.dump({"command": args.command, "commit": commit, "task": args.task,
+        json.dump({**made, "task": args.task,
                    "lr_times_width": TASKS[args.task][1], "rounds": args.rounds,
                    "seeds": sorted({r["seed"] for r in runs}), "slopes": fitted,
                    "seconds": time.perf_counter() - start,

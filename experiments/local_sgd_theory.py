@@ -34,15 +34,12 @@ model against W_bar (``tasks.drift_decomposition``)::
     python -m experiments.local_sgd_relu --setting theory           # ~10-15 min, 1 worker
     python -m experiments.local_sgd_relu --setting theory --quick   # smoke
 
-The loop below runs the engine's own pieces (``algorithms`` client half, the aggregator,
-``server_step``, ``round_settings``, ``round_seed``) because the drift decomposition needs
-W_bar and every W_k, which ``engine.run`` does not hand out;
-``tests/test_local_sgd_theory.py`` holds its losses equal to ``engine.run``'s.
+The rounds are ``engine.run``'s; its ``on_client`` hook hands over W_bar and every W_k
+for the drift decomposition.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 
@@ -121,81 +118,69 @@ def measured_rounds(rounds: int, count: int = MEASURES) -> set[int]:
 
 def run_theory(job: tuple) -> dict:
     """One run: ``job = (clients, width, tau, rounds, seed[, train_points[, eta]])``;
-    clients = 1 is centralised GD on the whole training set."""
+    clients = 1 is centralised GD on the whole training set. ``engine.run`` does the
+    rounds (``run.diagnostics``: F(W_bar) and ``Tracker``'s measures after each); its
+    ``on_client`` hook hands this every client's W_k and the round's W_bar for the drift
+    decomposition."""
     import warnings
 
     import torch
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    import algorithms
+    import engine
     import tasks
-    from algorithms.base import server_step
-    from algorithms.settings import round_settings
-    from client.train import round_seed
     from conf import load_config
     from engine import client_weights
-    from strategies import build_aggregator
-    from strategies.replies import ArraySpec, flat
+    from results import metrics as M
     from tasks.diagnostics import Tracker
     from tasks.drift_decomposition import drift_decomposition
 
     clients, width, tau, rounds, seed, *rest = job
-    cfg = load_config(theory_overrides(width, tau, seed, *rest))
-    data, loss_fn, splits, model = tasks.federation(cfg, clients)
+    overrides = theory_overrides(width, tau, seed, *rest)
+    cfg = load_config({**overrides, "run.diagnostics": True,  # the engine's Tracker, on every point
+                       "run.probe_examples": overrides["data.max_train"], "train.device": "cpu"})
+    data, loss_fn, splits, model = tasks.federation(cfg, clients)  # as the engine builds them
     if max(len(s) for s in splits) > cfg.train.batch_size:
         raise ValueError("train.batch_size must cover every partition (full-batch local GD).")
-    algorithm = algorithms.get(cfg.strategy.name)(cfg, num_nodes=clients)
-    aggregator = build_aggregator(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    specs = [ArraySpec(n, tuple(p.shape), np.dtype(np.float32)) for n, p in zip(names, params, strict=True)]
     weights = client_weights(cfg, splits, 0)
-    tracker = Tracker(model, data.train.x)
-    average = copy.deepcopy(model)
+    tracked = list(Tracker(model, data.train.x).measure(model))  # the keys it adds to a record
     kernel = kernel_eigenvalues(model, data, splits)
-    evaluate = lambda: tasks.evaluate(model, data.train, loss_fn, data.kind)["loss"]  # noqa: E731
-    losses, diagnostics = [evaluate()], []
+    losses = [tasks.evaluate(model, data.train, loss_fn, data.kind, cfg.eval.batch_size)["loss"]]
+    diagnostics, parts, finite = [], [], True
     measure = measured_rounds(rounds)
-    start_time = time.perf_counter()
-    for r in range(1, rounds + 1):
-        settings = round_settings(cfg, r)
-        start = [p.detach().clone() for p in params]
-        measuring = r in measure and clients > 1
-        if measuring:
-            average.load_state_dict(model.state_dict())
-        rows, parts, drift = [], [], []
-        for i in range(clients):
+    average = model  # from here on W_bar, from the engine's in each measured round
+
+    def on_client(r, i, trained, start):
+        nonlocal finite
+        finite &= all(bool(torch.isfinite(p).all()) for p in trained.parameters())
+        if r in measure and clients > 1:
             with torch.no_grad():
-                for p, x in zip(params, start, strict=True):
-                    p.copy_(x)
-            update = algorithm.client_update(model, splits[i], loss_fn, settings,
-                                             seed=round_seed(cfg.run.seed, i, r))
-            drift.append(update.result.drift or 0.0)
-            rows.append(flat({n: update.arrays[n].detach().cpu().numpy() for n in names}))
-            if measuring:
-                parts.append(drift_decomposition(model, average, splits[i], loss_fn))
-        x = flat({n: v.cpu().numpy() for n, v in zip(names, start, strict=True)})
-        step = server_step(algorithm, aggregator, x, np.stack(rows), weights, list(range(clients)),
-                           settings, specs)
-        if step.arrays is None:
+                for name, p in average.named_parameters():
+                    if name in start:
+                        p.copy_(start[name])
+            parts.append(drift_decomposition(trained, average, splits[i], loss_fn))
+
+    def on_round(record) -> bool:
+        if record[M.AGGREGATE_REJECTED] or not finite:  # a model that is not finite
             losses.append(float("nan"))
-            break
-        with torch.no_grad():
-            for p, name in zip(params, names, strict=True):
-                p.copy_(torch.as_tensor(step.arrays[name]))
-        losses.append(evaluate())
-        if r in measure:
-            record = {"round": r, **tracker.measure(model), "drift_steps_max": max(drift)}
+            return True
+        losses.append(record[M.GLOBAL_TRAIN_LOSS])
+        if record[M.ROUND] in measure:
+            diagnostics.append({"round": record[M.ROUND], **{key: record[key] for key in tracked},
+                                "drift_steps_max": record.get(M.GRADIENT_DRIFT_MAX, 0.0)})
             if parts:
                 w = weights / weights.sum()
-                record.update({f"{key}_max": max(p[key] for p in parts) for key in ("drift", "drift_flip")})
-                record.update({f"{key}_mean": float(np.dot(w, [p[key] for p in parts]))
-                               for key in ("drift", "drift_flip", "drift_kernel", "flip_share",
-                                           "pattern_flips")})
-            diagnostics.append(record)
-        if not math.isfinite(losses[-1]):
-            break
+                diagnostics[-1].update({f"{key}_max": max(p[key] for p in parts)
+                                        for key in ("drift", "drift_flip")})
+                diagnostics[-1].update({f"{key}_mean": float(np.dot(w, [p[key] for p in parts]))
+                                        for key in ("drift", "drift_flip", "drift_kernel",
+                                                    "flip_share", "pattern_flips")})
+                parts.clear()
+        return not math.isfinite(losses[-1])
+
+    start_time = time.perf_counter()
+    engine.run(cfg, clients, rounds=rounds, on_round=on_round, on_client=on_client)
     return {"clients": clients, "width": width, "tau": tau, "rounds": rounds, "seed": seed,
             "lr": cfg.train.lr, "train_points": len(data.train),
             "partition_sizes": [len(s) for s in splits], "kernel": kernel,
@@ -470,12 +455,14 @@ def figures(runs: list[dict], out, compare_step: int) -> list:
     return paths
 
 
-def main(args) -> int:
-    """``--setting theory`` of ``experiments.local_sgd_relu`` (its argument parser)."""
+def main(args, argv: list[str] | None = None) -> int:
+    """``--setting theory`` of ``experiments.local_sgd_relu`` (``args``: its argument
+    parser's, from the command-line arguments ``argv``)."""
     import json
-    import subprocess
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
+
+    from experiments.provenance import provenance
 
     if args.plot_only:  # redraw from the results file
         with open(Path(args.out) / "results" / "local_sgd_relu_theory.json") as handle:
@@ -495,8 +482,7 @@ def main(args) -> int:
     grid = [(k, m, tau, steps // tau, seed) for k in ks for m in widths for tau in taus for seed in seeds]
     grid += [(1, m, 1, steps, seed) for m in widths for seed in seeds]  # centralised GD
     grid.sort(key=lambda job: -job[0] * job[1] * job[3] * (1 + job[2] / 4))  # longest first
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # before the runs: others commit meanwhile
+    made = provenance("experiments.local_sgd_relu", argv)  # before the runs: others commit meanwhile
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run_theory, grid))
@@ -509,7 +495,7 @@ def main(args) -> int:
     for run in runs:  # 6 significant digits are plenty for a figure or a fit
         run["loss"] = [float(f"{v:.6g}") for v in run["loss"]]
     with open(out / "results" / "local_sgd_relu_theory.json", "w") as handle:
-        json.dump({"command": args.command, "commit": commit, "eta": runs[0]["lr"], "steps": steps,
+        json.dump({**made, "eta": runs[0]["lr"], "steps": steps,
                    "seconds": time.perf_counter() - started, "compare_step": compare,
                    "slopes": slopes_against_width(runs),
                    "summaries": [{k: r[k] for k in ("clients", "width", "tau", "seed", "kernel")}
