@@ -230,6 +230,37 @@ def test_devices_train_on_their_own_data_files_over_tls(tmp_path):
     assert rows[-1]["test_accuracy"] > 0.5
 
 
+def test_silo_supernodes_serve_their_logical_clients_over_grpc(tmp_path):
+    """Cohorts deployed: 2 SuperNodes host data.num_clients = 6 logical clients, node p the
+    clients c with c % 2 == p, each from its own file client-<c>.npz in the node's data-path
+    folder (a silo of data owners). The files hold the central slices, so the run over gRPC
+    ends where the one-process engine does."""
+    import numpy as np
+
+    import engine
+    import tasks
+    from conf import load_config
+
+    clients = 6
+    overrides = {"run.rounds": 2, "data.num_clients": clients}
+    cfg = load_config(overrides)
+    folders = [tmp_path / f"silo{p}" for p in range(2)]
+    for c in range(clients):
+        split = tasks.client_split(cfg, c, clients)
+        folders[c % 2].mkdir(exist_ok=True)
+        np.savez(folders[c % 2] / f"client-{c}.npz", x=split.x.numpy(), y=split.y.numpy())
+    node_config = {p: f"data-path='{folder}'" for p, folder in enumerate(folders)}
+    with LocalDeployment(2, flwr_home=tmp_path / "flwr", node_config=node_config) as d:
+        status, output = d.run({**overrides, "run.output_dir": str(tmp_path), "run.name": "silo"})
+    assert status == "finished:completed", output[-3000:]
+    rows = records(tmp_path / "silo")
+    want = engine.run(cfg, clients, evaluate_every=1).records
+    assert [r["num_replies"] for r in rows] == [clients, clients]
+    for got, expected in zip(rows, want, strict=True):
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-5)
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+
+
 # IID splits, so that a run without the rogue's data is comparable with the honest one
 ROGUE_COMMON = {"run.rounds": 3, "data.partition": "iid"}
 ROGUE_RUNS = {  # rogue SuperNode 2's fault, the strategy, what the server must log about it
