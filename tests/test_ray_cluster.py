@@ -78,15 +78,25 @@ class LocalRayCluster:
 
 
 def test_the_simulation_joins_a_ray_cluster_and_uses_both_nodes(tmp_path, capsys):
+    """A fedavg run with one client per SuperNode, then a cohort run (12 logical clients on
+    the 4 SuperNodes), on one cluster: each run's ClientApp actors sit on both Ray nodes."""
+    runs = {"ray": "", "ray-cohort": " data.num_clients=12"}
+    placed = {}
     with LocalRayCluster(workers=1) as cluster:
-        code = main(["--ray-address", cluster.address, "--num-supernodes", "4", "--run-config",
-                     f"run.rounds=2 run.output_dir='{tmp_path}' run.name='ray'"])
-        output = capsys.readouterr().out
-        assert code == 0, output[-3000:]
-        placed = {temp.name: cluster.actor_logs(temp, "ClientAppActor") for _, temp in cluster.nodes}
-    assert all(placed.values()), placed  # a ClientApp actor on the head and on the second node
-    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["final"]["test_accuracy"] > 0.3
+        for name, extra in runs.items():
+            before = {temp.name: set(cluster.actor_logs(temp, "ClientAppActor")) for _, temp in cluster.nodes}
+            code = main(["--ray-address", cluster.address, "--num-supernodes", "4", "--run-config",
+                         f"run.rounds=2 run.output_dir='{tmp_path}' run.name='{name}'{extra}"])
+            output = capsys.readouterr().out
+            assert code == 0, output[-3000:]
+            placed[name] = {temp.name: set(cluster.actor_logs(temp, "ClientAppActor")) - before[temp.name]
+                            for _, temp in cluster.nodes}
+    for name in runs:  # this run's ClientApp actors: on the head and on the second node
+        assert all(placed[name].values()), (name, placed[name])
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["final"]["test_accuracy"] > 0.3
+    rows = [json.loads(x) for x in (tmp_path / "ray-cohort" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["num_replies"] for r in rows] == [12, 12]  # every logical client, every round
     assert cluster_pids(cluster.root) == []  # every Ray process of the cluster is gone
 
 
