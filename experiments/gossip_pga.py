@@ -120,12 +120,14 @@ def window_mean(series, width: int) -> np.ndarray:
     return values[:usable].reshape(-1, width).mean(axis=1)
 
 
-def band(ax, xs, per_seed, label, **style):
-    """Mean over seeds with a shaded mean ± std band."""
+def band(ax, xs, per_seed, label, floor=None, **style):
+    """Mean over seeds (the rows of ``per_seed``) with a shaded mean ± std band; ``floor``
+    keeps the band's lower edge above it (a log axis)."""
     values = np.asarray(per_seed, float)
     mean, std = values.mean(axis=0), values.std(axis=0)
     line, = ax.plot(xs, mean, label=f"{label} ({len(values)} seeds)", **style)
-    ax.fill_between(xs, np.maximum(mean - std, 1e-12), mean + std, color=line.get_color(), alpha=0.2)
+    low = mean - std if floor is None else np.maximum(mean - std, floor)
+    ax.fill_between(xs, low, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def figures(results: list[dict], out: Path, periods: list[int], window: int = 16) -> list[Path]:
@@ -146,11 +148,11 @@ def figures(results: list[dict], out: Path, periods: list[int], window: int = 16
                     continue
                 xs = [x["iteration"] for x in runs[0]["records"]]
                 band(axes[0, col], xs, [[x["xbar_train_loss"] for x in r["records"]] for r in runs], label,
-                     color=f"C{color}")
+                     floor=1e-12, color=f"C{color}")
                 windows = [window_mean(r["consensus_distance"], window) for r in runs]
                 centres = (np.arange(len(windows[0])) + 0.5) * window
                 if label != "parallel":  # parallel SGD is always in consensus (0)
-                    band(axes[1, col], centres, windows, label, color=f"C{color}")
+                    band(axes[1, col], centres, windows, label, floor=1e-12, color=f"C{color}")
             axes[0, col].set(title=f"{topology}, H = {H}: training loss of x̄", yscale="log",
                              xlabel="iteration", ylabel="training loss of x̄ (mean ± std)")
             axes[1, col].set(title=f"consensus distance, mean over {window}-iteration windows",

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.gossip_pga import methods, simulate
+from experiments.gossip_pga import band, methods, simulate, window_mean
 from experiments.provenance import provenance
 
 EPS = 0.20
@@ -294,10 +294,7 @@ def colour(label: str) -> str:
 
 
 def _band(ax, xs, series, label, **style):
-    series = np.asarray(series, dtype=float)
-    mean, std = series.mean(axis=0), series.std(axis=0)
-    ax.plot(xs, mean, label=f"{label} ({len(series)} seeds)", color=colour(label), **style)
-    ax.fill_between(xs, mean - std, mean + std, color=colour(label), alpha=0.2, linewidth=0)
+    band(ax, xs, series, label, color=colour(label), **style)
 
 
 def _runs(results, label, topology, n):
@@ -431,8 +428,7 @@ def figures(data: dict, out: Path) -> list[Path]:
             if not runs or label == "parallel":
                 continue
             block = 16 if len(runs[0]["consensus_distance"]) >= 64 else 1
-            series = [np.asarray(r["consensus_distance"][: len(r["consensus_distance"]) // block * block])
-                      .reshape(-1, block).mean(axis=1) for r in runs]
+            series = [window_mean(r["consensus_distance"], block) for r in runs]
             xs = (np.arange(len(series[0])) + 1) * block
             _band(ax, xs, series, label, linewidth=0.9,
                   linestyle=":" if label.startswith("local_sgd") else "-")
