@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.mutants import MUTANTS
 from experiments.provenance import provenance
 
 # ----------------------------------------------------------------------------- the arms
@@ -278,8 +279,6 @@ def main(argv=None) -> int:
     verdicts, results = evaluate(claims, args.seeds, args.workers)
     print(table(verdicts))
     for name in sorted({m for c in claims for m in c.mutants}):
-        from experiments.mutants import MUTANTS
-
         print(f"- {name}: {MUTANTS[name].breaks}")
     print(f"{len(results)} runs in {time.perf_counter() - started:.0f} s")
     if args.out:

@@ -49,10 +49,10 @@ def drift_decomposition(local: torch.nn.Module, average: torch.nn.Module, data: 
     flip = [a - b for a, b in zip(g_k, g_k_fixed, strict=True)]
     kernel = [a - b for a, b in zip(g_k_fixed, g_bar, strict=True)]
     total = [a - b for a, b in zip(g_k, g_bar, strict=True)]
-    base, f, k = _norm(g_bar), _norm(flip), _norm(kernel)
+    base, d, f, k = _norm(g_bar), _norm(total), _norm(flip), _norm(kernel)
     scale = 1.0 / base if base > 0 else float("inf")
     return {
-        "drift": _norm(total) * scale if _norm(total) > 0 else 0.0,
+        "drift": d * scale if d > 0 else 0.0,
         "drift_flip": f * scale if f > 0 else 0.0,
         "drift_kernel": k * scale if k > 0 else 0.0,
         "flip_share": f / (f + k) if f + k > 0 else 0.0,
